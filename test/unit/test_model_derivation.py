@@ -1,0 +1,131 @@
+"""What each node of pillar.example gets from the model."""
+
+import json
+
+import hafw_model
+import pytest
+
+
+@pytest.fixture(scope="module")
+def nodes(example_pillar):
+    ids = ("fw-cent7i", "fw-cent7j", "lb-cent7g", "lb-cent7h", "fw-cent7m")
+    return {i: hafw_model.node(example_pillar, i) for i in ids}
+
+
+def test_components_follow_the_role(nodes):
+    pair = ["kernel", "selinux", "iptables", "conntrackd", "keepalived"]
+    assert nodes["fw-cent7i"]["components"] == pair
+    assert nodes["fw-cent7m"]["components"] == ["kernel", "iptables"]
+    assert nodes["lb-cent7g"]["components"] == ["kernel", "selinux", "keepalived"]
+
+
+def test_minion_in_no_cluster_gets_nothing(example_pillar):
+    out = hafw_model.node(example_pillar, "mail-cent7a")
+    assert out == {"id": "mail-cent7a", "cluster": None, "role": None, "components": []}
+
+
+def test_conntrackd_addresses_are_swapped_between_the_pair(nodes):
+    i, j = nodes["fw-cent7i"]["conntrackd"], nodes["fw-cent7j"]["conntrackd"]
+    assert (i["own_address"], i["peer_address"]) == ("192.168.3.41", "192.168.3.42")
+    assert (j["own_address"], j["peer_address"]) == ("192.168.3.42", "192.168.3.41")
+    # the seed's files differ only in those and in the ignore list
+    same = {k: v for k, v in i.items() if k not in ("own_address", "peer_address", "ignore")}
+    assert same == {k: v for k, v in j.items() if k not in ("own_address", "peer_address", "ignore")}
+
+
+def test_ignore_list_is_loopback_own_addresses_and_vips(nodes):
+    seed_i = ["127.0.0.1", "192.168.0.41", "192.168.1.41", "192.168.3.41"]
+    vips = ["192.168.0.40", "192.168.0.60", "192.168.0.88", "192.168.1.40"]
+    assert nodes["fw-cent7i"]["conntrackd"]["ignore"] == seed_i + vips
+
+
+def test_hash_limit_defaults_to_twice_the_table(pillar):
+    del pillar["clusters"]["fw-pair"]["conntrackd"]["hash_limit"]
+    pillar["clusters"]["fw-pair"]["kernel"]["nf_conntrack_max"] = 100000
+    assert hafw_model.node(pillar, "fw-cent7i")["conntrackd"]["hash_limit"] == 200000
+
+
+def test_priorities_and_states(nodes):
+    i, j = nodes["fw-cent7i"]["vrrp"], nodes["fw-cent7j"]["vrrp"]
+    assert (i["state"], i["priority"]) == ("MASTER", 80)
+    assert (j["state"], j["priority"]) == ("BACKUP", 70)
+    for lb in ("lb-cent7g", "lb-cent7h"):
+        inst = nodes[lb]["vrrp"]["instances"]
+        assert {(x["state"], x["priority"], x["preempt"]) for x in inst} == {("BACKUP", 100, False)}
+
+
+def test_node_state_and_priority_override(pillar):
+    pillar["clusters"]["fw-pair"]["nodes"]["fw-cent7j"].update(priority=90, state="MASTER")
+    out = hafw_model.node(pillar, "fw-cent7j")["vrrp"]
+    assert (out["state"], out["priority"]) == ("MASTER", 90)
+
+
+def test_vips_carry_broadcast_and_device(nodes):
+    vi1 = nodes["fw-cent7i"]["vrrp"]["instances"][0]
+    assert vi1["vips"][0] == {"address": "192.168.0.40", "prefixlen": 24, "brd": "192.168.0.255", "dev": "enp0s3"}
+
+
+def test_notify_hook_only_where_conntrackd_runs(nodes):
+    assert nodes["fw-cent7i"]["vrrp"]["notify_hook"] is True
+    assert nodes["lb-cent7g"]["vrrp"]["notify_hook"] is False
+
+
+def test_unicast_peers(pillar):
+    pillar["clusters"]["fw-pair"]["vrrp"]["unicast"] = True
+    inst = hafw_model.node(pillar, "fw-cent7j")["vrrp"]["instances"]
+    assert [(x["unicast_src_ip"], x["unicast_peers"]) for x in inst] == [
+        ("192.168.0.42", ["192.168.0.41"]), ("192.168.1.42", ["192.168.1.41"])]
+    rules = hafw_model.node(pillar, "fw-cent7j")["firewall"]["iptables"]
+    # unicast adverts are addressed to the node, not to 224.0.0.18
+    assert "-A INPUT -s 192.168.0.41/32 -i enp0s3 -p vrrp" in rules
+
+
+def test_peer_only_openings(nodes):
+    rules = nodes["fw-cent7i"]["firewall"]["iptables"].splitlines()
+    assert ('-A INPUT -s 192.168.3.42/32 -i enp0s9 -p udp -m udp --dport 3780 '
+            '-m comment --comment "hafw: conntrackd sync from peer" -j ACCEPT') in rules
+    vrrp = [r for r in rules if "-p vrrp" in r]
+    assert [r.split(" -m comment")[0] for r in vrrp] == [
+        "-A INPUT -s 192.168.0.42/32 -d 224.0.0.18/32 -i enp0s3 -p vrrp",
+        "-A INPUT -s 192.168.1.42/32 -d 224.0.0.18/32 -i enp0s8 -p vrrp",
+    ]
+    # a standalone firewall opens nothing for peers
+    assert "INPUT -s" not in nodes["fw-cent7m"]["firewall"]["iptables"]
+
+
+def test_sysctls_and_modules(nodes):
+    assert nodes["fw-cent7i"]["kernel"]["sysctl"] == {
+        "net.ipv4.ip_forward": 1, "net.netfilter.nf_conntrack_max": 65536}
+    assert nodes["lb-cent7g"]["kernel"]["sysctl"] == {"net.ipv4.ip_forward": 1}
+    assert nodes["lb-cent7g"]["kernel"]["modules"] == ["ip_vs", "ip_vs_lc"]
+
+
+def test_selinux_needs(nodes):
+    assert nodes["fw-cent7i"]["selinux"] == {"module": True, "booleans": {}}
+    assert nodes["lb-cent7g"]["selinux"] == {"module": False, "booleans": {"domain_kernel_load_modules": True}}
+
+
+def test_lvs_view(nodes):
+    lvs = nodes["lb-cent7h"]["lvs"]
+    assert lvs["sync_daemon"] == {"interface": "enp0s8", "instance": "instance52", "id": None}
+    assert lvs["groups"] == {"SMTP": [{"address": "192.168.1.60", "port": 25}]}
+    reals = lvs["virtual_servers"][0]["real_servers"]
+    assert [(r["address"], r["port"], r["check"]["type"]) for r in reals] == [
+        ("192.168.2.61", 25, "SMTP_CHECK"), ("192.168.2.62", 25, "SMTP_CHECK")]
+
+
+def test_override_applies_to_one_node_only(pillar):
+    pillar["clusters"]["fw-pair"]["nodes"]["fw-cent7j"]["override"] = {"conntrackd": {"nice": 0}}
+    assert hafw_model.node(pillar, "fw-cent7j")["conntrackd"]["nice"] == 0
+    assert hafw_model.node(pillar, "fw-cent7i")["conntrackd"]["nice"] == -20
+
+
+def test_sync_group_is_named_when_the_pillar_does_not(pillar):
+    del pillar["clusters"]["fw-pair"]["vrrp"]["sync_group"]
+    assert hafw_model.node(pillar, "fw-cent7i")["vrrp"]["sync_group"] == "VG_FW_PAIR"
+
+
+def test_output_is_plain_data(nodes):
+    """Salt ships the result over msgpack/json: no ipaddress objects may leak."""
+    for out in nodes.values():
+        assert json.loads(json.dumps(out)) == out
