@@ -41,7 +41,8 @@ def check(chk, path, raw, node_ifaces, vrrp):
         out["groups"][gname] = parsed
 
     for i, vs in enumerate(chk.sequence([*path, "virtual_servers"], lvs.get("virtual_servers"))):
-        out["virtual_servers"].append(_virtual_server(chk, [*path, "virtual_servers", i], vs, out["groups"], vips, nets))
+        vpath = [*path, "virtual_servers", i]
+        out["virtual_servers"].append(_virtual_server(chk, vpath, vs, out["groups"], vips, nets))
 
     if lvs.get("sync_daemon") is not None:
         spath = [*path, "sync_daemon"]

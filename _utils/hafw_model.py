@@ -17,7 +17,7 @@ import copy
 
 import hafw_lvs
 import hafw_netfilter
-from hafw_check import Checker, ModelError
+from hafw_check import Checker
 
 ROLES = ("firewall", "loadbalancer")
 VRRP_STATES = ("MASTER", "BACKUP")
@@ -231,6 +231,10 @@ def _conntrackd(chk, path, raw, kernel, vrrp_ifaces, node_ifaces, nodes):
     if ifname is None:
         chk.fail([*path, "interface"], "is required: the dedicated sync link")
     elif chk.ifname([*path, "interface"], ifname) is not None:
+        if all(c in "0123456789abcdefABCDEF" for c in ifname):
+            # conntrackd's config parser reads such a word as a number
+            chk.fail([*path, "interface"], f"{ifname!r}: conntrackd cannot parse an interface name made of "
+                     "hex digits only; rename the link")
         if ifname in vrrp_ifaces:
             chk.fail([*path, "interface"], f"{ifname} also carries VRRP; the sync link must be dedicated")
         for node in nodes:
@@ -250,6 +254,11 @@ def _conntrackd(chk, path, raw, kernel, vrrp_ifaces, node_ifaces, nodes):
                 "netlink_buffer_size_max_growth", "hash_size"):
         chk.integer([*path, key], ctd[key], 1024, 2**31 - 1)
     chk.integer([*path, "nice"], ctd["nice"], -20, 19)
+    if isinstance(ctd["hash_size"], int) and ctd["hash_size"] <= 8192:
+        # measured with conntrackd 1.4.7: with HashSize <= 8192 a flush (-f)
+        # after a commit is ignored ("commit still in progress") for good
+        chk.fail([*path, "hash_size"], f"{ctd['hash_size']} is too small: conntrackd ignores cache flushes "
+                 "with HashSize 8192 or less; use at least 16384")
     ctmax = kernel["nf_conntrack_max"]
     if ctd["hash_limit"] is None:
         ctd["hash_limit"] = 2 * ctmax if isinstance(ctmax, int) else None
@@ -261,7 +270,8 @@ def _conntrackd(chk, path, raw, kernel, vrrp_ifaces, node_ifaces, nodes):
     if isinstance(nb, int) and isinstance(nbmax, int) and nbmax < nb:
         chk.fail([*path, "netlink_buffer_size_max_growth"], f"{nbmax} is smaller than netlink_buffer_size {nb}")
     protos = chk.sequence([*path, "protocols"], ctd["protocols"])
-    ctd["protocols"] = [chk.choice([*path, "protocols", i], p, CONNTRACKD_PROTOCOLS, "protocol") for i, p in enumerate(protos)]
+    ctd["protocols"] = [chk.choice([*path, "protocols", i], p, CONNTRACKD_PROTOCOLS, "protocol")
+                        for i, p in enumerate(protos)]
     if not protos:
         chk.fail([*path, "protocols"], "lists no protocol: nothing would be synced")
     for i, addr in enumerate(chk.sequence([*path, "ignore_addresses"], ctd["ignore_addresses"])):
@@ -350,7 +360,8 @@ def _cluster(chk, cname, raw):
     if pair and len(nodes) < 2:
         chk.fail([*path, "nodes"], f"a cluster with vrrp is a pair: it needs at least two nodes, it has {len(nodes)}")
     if not pair and len(nodes) > 1:
-        chk.fail([*path, "vrrp"], f"is required: the cluster has {len(nodes)} nodes and nothing moves a VIP between them")
+        chk.fail([*path, "vrrp"],
+                 f"is required: the cluster has {len(nodes)} nodes and nothing moves a VIP between them")
     kernel = _kernel(chk, [*path, "kernel"], raw.get("kernel"))
     vrrp = _vrrp(chk, [*path, "vrrp"], raw["vrrp"], nodes, node_ifaces) if pair else None
     vrrp_ifaces = {i["interface"] for i in vrrp["instances"]} if vrrp else set()
@@ -409,7 +420,7 @@ def _index(pillar):
     _check_vrids_across(chk, clusters)
     chk.raise_if_any()  # derivation below relies on a structurally valid model
     # per-node derivations can still find problems (overrides, priorities)
-    for cname, view in clusters.items():
+    for view in clusters.values():
         for node in view["nodes"]:
             _derive(chk, view, node)
     chk.raise_if_any()
@@ -494,7 +505,9 @@ def _derive(chk, view, me):
             out["vrrp"]["notify_hook"] = True
     if view["lvs"]:
         out["lvs"] = hafw_lvs.derive(view["lvs"], vrrp)
-    out["firewall"] = hafw_netfilter.derive(view["firewall"], view, me, out.get("conntrackd")) if view["firewall"] else None
+    out["firewall"] = None
+    if view["firewall"]:
+        out["firewall"] = hafw_netfilter.derive(view["firewall"], view, me, out.get("conntrackd"))
     out["selinux"] = {
         "module": bool(ctd),
         "booleans": _merge({"domain_kernel_load_modules": True} if view["lvs"] else {},

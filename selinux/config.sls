@@ -40,22 +40,45 @@ hafw-selinux-module-packaged:
     - onchanges:
       - cmd: hafw-selinux-module-built
 
-{#- a changed module is reinstalled (same name, new content); a missing one
-    is installed by the selinux.module state below #}
+{#- Salt's selinux.module(install=True) reinstalls (and rebuilds the whole
+    policy) on every run: install only when the built module changed, or when
+    it is missing (removed by hand). #}
 hafw-selinux-module-upgraded:
   cmd.run:
     - name: [semodule, -i, {{ base }}.pp]
     - onchanges:
       - cmd: hafw-selinux-module-packaged
 
-hafw-selinux-module-installed:
+hafw-selinux-module-present:
+  cmd.run:
+    - name: [semodule, -i, {{ base }}.pp]
+    - unless: semodule -l | grep -q '^{{ mapdata.module_name }}\b'
+    - require:
+      - cmd: hafw-selinux-module-upgraded
+
+hafw-selinux-module-enabled:
   selinux.module:
     - name: {{ mapdata.module_name }}
     - module_state: Enabled
-    - install: true
-    - source: {{ base }}.pp
     - require:
-      - cmd: hafw-selinux-module-upgraded
+      - cmd: hafw-selinux-module-present
+
+{#- keepalived_t may only execute bin_t files: without this label the hook
+    (etc_t under /etc/conntrackd) never runs. The file itself is written by
+    the conntrackd tree after this one; Salt labels files it creates, and the
+    applied state relabels an existing one. #}
+hafw-selinux-hook-fcontext:
+  selinux.fcontext_policy_present:
+    - name: {{ mapdata.hook_path | regex_escape }}
+    - sel_type: bin_t
+    - filetype: f
+
+hafw-selinux-hook-relabelled:
+  selinux.fcontext_policy_applied:
+    - name: {{ mapdata.hook_path | regex_escape }}
+    - onlyif: test -e {{ mapdata.hook_path }}
+    - require:
+      - selinux: hafw-selinux-hook-fcontext
 {%- endif %}
 
 {%- for name, value in node.selinux.booleans | dictsort %}

@@ -66,7 +66,8 @@ CASES = [
      "hafw:clusters:fw-pair:nodes:fw-cent7i:interfaces:enp0s3", "bad CIDR"),
     ("address without prefix", lambda p: at(p, *FW, "nodes", "fw-cent7i", "interfaces").update(enp0s3="192.168.0.41"),
      "hafw:clusters:fw-pair:nodes:fw-cent7i:interfaces:enp0s3", "with a prefix length"),
-    ("nodes on different subnets", lambda p: at(p, *FW, "nodes", "fw-cent7j", "interfaces").update(enp0s9="192.168.4.42/24"),
+    ("nodes on different subnets",
+     lambda p: at(p, *FW, "nodes", "fw-cent7j", "interfaces").update(enp0s9="192.168.4.42/24"),
      "hafw:clusters:fw-pair:nodes:fw-cent7j:interfaces:enp0s9", "share each link"),
     ("sync port 0", lambda p: at(p, *FW, "conntrackd").update(port=0),
      "hafw:clusters:fw-pair:conntrackd:port", "outside 1-65535"),
@@ -100,8 +101,15 @@ CASES = [
     ("unicast sync with three nodes", lambda p: at(p, *FW, "nodes").update({"fw-cent7k": {"interfaces": {
         "enp0s3": "192.168.0.43/24", "enp0s8": "192.168.1.43/24", "enp0s9": "192.168.3.43/24"}}}),
      "hafw:clusters:fw-pair:conntrackd:transport", "exactly two nodes"),
-    ("multicast group not multicast", lambda p: at(p, *FW, "conntrackd").update(transport="multicast", multicast_group="10.0.0.1"),
+    ("multicast group not multicast",
+     lambda p: at(p, *FW, "conntrackd").update(transport="multicast", multicast_group="10.0.0.1"),
      "hafw:clusters:fw-pair:conntrackd:multicast_group", "not a multicast address"),
+    ("HashSize that breaks flushes", lambda p: at(p, *FW, "conntrackd").update(hash_size=8192),
+     "hafw:clusters:fw-pair:conntrackd:hash_size", "ignores cache flushes"),
+    ("sync link named in hex digits", lambda p: [at(p, *FW, "nodes", n, "interfaces").update(
+        {"d0": at(p, *FW, "nodes", n, "interfaces").pop("enp0s9")}) for n in ("fw-cent7i", "fw-cent7j")]
+     and at(p, *FW, "conntrackd").update(interface="d0"),
+     "hafw:clusters:fw-pair:conntrackd:interface", "hex digits only"),
     ("unknown conntrackd mode", lambda p: at(p, *FW, "conntrackd").update(mode="fast"),
      "hafw:clusters:fw-pair:conntrackd:mode", "not a valid conntrackd sync mode"),
     ("unknown sync protocol", lambda p: at(p, *FW, "conntrackd")["protocols"].append("QUIC"),
@@ -114,7 +122,8 @@ CASES = [
      "hafw:clusters:fw-pair:conntrack", "unknown key"),
     ("unknown role", lambda p: at(p, *CM).update(role="router"),
      "hafw:clusters:fw-client:role", "'router' is not a valid role"),
-    ("minion in two clusters", lambda p: at(p, *CM, "nodes").update({"fw-cent7i": {"interfaces": {"enp0s3": "192.168.0.203/24"}}}),
+    ("minion in two clusters",
+     lambda p: at(p, *CM, "nodes").update({"fw-cent7i": {"interfaces": {"enp0s3": "192.168.0.203/24"}}}),
      "hafw:clusters:fw-client:nodes:fw-cent7i", "already a node of cluster fw-pair"),
     ("interface name too long", lambda p: at(p, *CM, "nodes", "fw-cent7m", "interfaces").update(
         {"a-very-long-interface0": "10.1.0.1/24"}),

@@ -1,0 +1,1 @@
+"""Developer tools of the hafw formula (``make render``, ``make demo``, ...)."""
