@@ -23,7 +23,7 @@ trap cleanup EXIT
 # the formula's pkg.installed states are no-ops inside the lab (a lab host's
 # /usr is the real one: an install there would write outside the lab).
 APT_PACKAGES=(keepalived conntrackd conntrack iptables iptables-persistent nftables ipvsadm
-              openssh-server checkpolicy semodule-utils iproute2 util-linux procps kmod)
+              openssh-server checkpolicy semodule-utils iproute2 util-linux procps kmod iputils-ping)
 
 say() { printf 'setup: %s\n' "$*"; }
 fail() {
