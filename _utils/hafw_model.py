@@ -137,7 +137,7 @@ def _vrrp(chk, path, raw, nodes, node_ifaces):
     chk.boolean([*path, "preempt"], vrrp["preempt"])
     chk.integer([*path, "preempt_delay"], vrrp["preempt_delay"], 0, 1000)
     chk.boolean([*path, "unicast"], vrrp["unicast"])
-    chk.number([*path, "garp_master_delay"], vrrp["garp_master_delay"], 0, 255)
+    chk.integer([*path, "garp_master_delay"], vrrp["garp_master_delay"], 0, 255)
     if vrrp["sync_group"] is not None:
         chk.name([*path, "sync_group"], vrrp["sync_group"], "sync group name")
     chk.mapping([*path, "global_defs"], vrrp["global_defs"])
@@ -197,6 +197,14 @@ def _vrrp(chk, path, raw, nodes, node_ifaces):
                      "options": inst.get("options") or {}})
     if len(norm) > 1 and not vrrp["sync_group"]:
         vrrp["sync_group"] = "VG_" + path[2].upper().replace("-", "_")
+    if len(norm) < 2:
+        vrrp["sync_group"] = None  # keepalived refuses a sync group of one instance
+    if vrrp["sync_group"]:
+        for sname, script in vrrp["track_scripts"].items():
+            if isinstance(script, dict) and script.get("weight"):
+                # keepalived: "ignoring tracked script with weights due to SYNC group"
+                chk.fail([*path, "track_scripts", sname, "weight"], "a weight is ignored by keepalived in a "
+                         "sync group (a failing script must fault the whole group): remove it")
     vrrp["instances"] = norm
     return vrrp
 

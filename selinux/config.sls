@@ -22,13 +22,7 @@ hafw-selinux-module-source:
 
 hafw-selinux-module-built:
   cmd.run:
-    - name:
-      - checkmodule
-      - -M
-      - -m
-      - -o
-      - {{ base }}.mod
-      - {{ base }}.te
+    - name: checkmodule -M -m -o {{ (base ~ '.mod') | quote }} {{ (base ~ '.te') | quote }}
     - onchanges:
       - file: hafw-selinux-module-source
     - require:
@@ -36,7 +30,7 @@ hafw-selinux-module-built:
 
 hafw-selinux-module-packaged:
   cmd.run:
-    - name: [semodule_package, -o, {{ base }}.pp, -m, {{ base }}.mod]
+    - name: semodule_package -o {{ (base ~ '.pp') | quote }} -m {{ (base ~ '.mod') | quote }}
     - onchanges:
       - cmd: hafw-selinux-module-built
 
@@ -45,14 +39,14 @@ hafw-selinux-module-packaged:
     it is missing (removed by hand). #}
 hafw-selinux-module-upgraded:
   cmd.run:
-    - name: [semodule, -i, {{ base }}.pp]
+    - name: semodule -i {{ (base ~ '.pp') | quote }}
     - onchanges:
       - cmd: hafw-selinux-module-packaged
 
 hafw-selinux-module-present:
   cmd.run:
-    - name: [semodule, -i, {{ base }}.pp]
-    - unless: semodule -l | grep -q '^{{ mapdata.module_name }}\b'
+    - name: semodule -i {{ (base ~ '.pp') | quote }}
+    - unless: semodule -l | grep -qw {{ mapdata.module_name | quote }}
     - require:
       - cmd: hafw-selinux-module-upgraded
 

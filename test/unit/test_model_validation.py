@@ -110,6 +110,11 @@ CASES = [
         {"d0": at(p, *FW, "nodes", n, "interfaces").pop("enp0s9")}) for n in ("fw-cent7i", "fw-cent7j")]
      and at(p, *FW, "conntrackd").update(interface="d0"),
      "hafw:clusters:fw-pair:conntrackd:interface", "hex digits only"),
+    ("track script weight in a sync group",
+     lambda p: at(p, *FW, "vrrp").update(track_scripts={"chk": {"script": "/bin/true", "weight": -20}}),
+     "hafw:clusters:fw-pair:vrrp:track_scripts:chk:weight", "ignored by keepalived in a sync group"),
+    ("fractional garp delay", lambda p: at(p, *FW, "vrrp").update(garp_master_delay=1.5),
+     "hafw:clusters:fw-pair:vrrp:garp_master_delay", "must be an integer"),
     ("unknown conntrackd mode", lambda p: at(p, *FW, "conntrackd").update(mode="fast"),
      "hafw:clusters:fw-pair:conntrackd:mode", "not a valid conntrackd sync mode"),
     ("unknown sync protocol", lambda p: at(p, *FW, "conntrackd")["protocols"].append("QUIC"),
