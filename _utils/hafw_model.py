@@ -60,6 +60,8 @@ CONNTRACKD_DEFAULTS = {
     "ignore_addresses": [],
     "ignore_vips": True,
     "disable_external_cache": False,
+    # a (re)started node asks its peer for the whole external cache at once
+    "startup_resync": True,
     "syslog": True,
     "options": {},
 }
@@ -286,6 +288,13 @@ def _conntrackd(chk, path, raw, kernel, vrrp_ifaces, node_ifaces, nodes):
         chk.address([*path, "ignore_addresses", i], addr)
     chk.boolean([*path, "ignore_vips"], ctd["ignore_vips"])
     chk.boolean([*path, "disable_external_cache"], ctd["disable_external_cache"])
+    if ctd["disable_external_cache"] and ctd["mode"] == "alarm":
+        chk.fail([*path, "disable_external_cache"], "is not available in mode alarm (conntrackd refuses it)")
+    if chk.boolean([*path, "startup_resync"], ctd["startup_resync"]) and ctd["mode"] == "alarm":
+        chk.fail([*path, "startup_resync"], "is not available in mode alarm; set it to false")
+    if not isinstance(ctd["syslog"], bool) and ctd["syslog"] not in (
+            "daemon", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7"):
+        chk.fail([*path, "syslog"], f"{ctd['syslog']!r} must be true, false or a syslog facility (daemon, local0-7)")
     opts = chk.mapping([*path, "options"], ctd["options"], allowed={"sync", "general", "mode"})
     for section, lines in opts.items():
         chk.mapping([*path, "options", section], lines)
