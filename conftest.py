@@ -1,0 +1,36 @@
+"""
+Repository-wide pytest setup.
+
+pytest-salt-factories starts a log server and an event listener for every
+session, bound to 0.0.0.0 by default. Nothing this project starts outside a
+lab namespace may listen beyond loopback: both are rebound to 127.0.0.1
+before they open their sockets.
+"""
+
+import pathlib
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO))  # lab/, tools/, test/support importable from every layer
+LOOPBACK = "127.0.0.1"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    log_server = config.pluginmanager.get_plugin("saltfactories-log-server")
+    if log_server is not None:  # created by the plugin's own pytest_configure, started later
+        log_server.log_host = LOOPBACK
+
+
+@pytest.fixture(scope="session")
+def event_listener():
+    """saltfactories' event listener, on loopback only."""
+    from saltfactories.plugins.event_listener import EventListener
+
+    listener = EventListener()
+    listener.host = LOOPBACK
+    listener.address = f"tcp://{LOOPBACK}:{listener.port}"
+    with listener:
+        yield listener
