@@ -12,7 +12,7 @@ yaml_files = find . -path ./.git -prune -o -path ./.venv -prune -o -path ./.pyte
 sls_files = find . -path ./.git -prune -o -path ./.venv -prune -o -path ./.pytest-tmp -prune \
 	-o -path ./.lab-run -prune -o -type f -name '*.sls' -print
 
-.PHONY: setup test lint render demo lab-clean bench
+.PHONY: golden setup test lint render demo lab-clean bench
 
 setup:
 	@bash tools/setup.sh
@@ -36,6 +36,9 @@ test: setup lint
 render: setup
 	@test -n "$(NODE)" -a -n "$(OUT)" || { echo "usage: make render NODE=<minion id> OUT=<dir> [OS_FAMILY=RedHat] [PILLAR=<file>]" >&2; exit 2; }
 	$(PY) -m tools.render --node "$(NODE)" --out "$(OUT)" --os-family "$(OS_FAMILY)" --pillar "$(PILLAR)"
+
+golden: setup
+	$(PY) -m tools.golden
 
 demo: setup
 	$(PY) -m tools.demo

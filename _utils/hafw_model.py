@@ -60,8 +60,9 @@ CONNTRACKD_DEFAULTS = {
     "ignore_addresses": [],
     "ignore_vips": True,
     "disable_external_cache": False,
-    # a (re)started node asks its peer for the whole external cache at once
-    "startup_resync": True,
+    # a (re)started node asks its peer for the whole external cache at once;
+    # None: on for ftfw and notrack (alarm mode has no such option)
+    "startup_resync": None,
     "syslog": True,
     "options": {},
 }
@@ -290,8 +291,10 @@ def _conntrackd(chk, path, raw, kernel, vrrp_ifaces, node_ifaces, nodes):
     chk.boolean([*path, "disable_external_cache"], ctd["disable_external_cache"])
     if ctd["disable_external_cache"] and ctd["mode"] == "alarm":
         chk.fail([*path, "disable_external_cache"], "is not available in mode alarm (conntrackd refuses it)")
-    if chk.boolean([*path, "startup_resync"], ctd["startup_resync"]) and ctd["mode"] == "alarm":
-        chk.fail([*path, "startup_resync"], "is not available in mode alarm; set it to false")
+    if ctd["startup_resync"] is None:
+        ctd["startup_resync"] = ctd["mode"] != "alarm"
+    elif chk.boolean([*path, "startup_resync"], ctd["startup_resync"]) and ctd["mode"] == "alarm":
+        chk.fail([*path, "startup_resync"], "is not available in mode alarm")
     if not isinstance(ctd["syslog"], bool) and ctd["syslog"] not in (
             "daemon", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7"):
         chk.fail([*path, "syslog"], f"{ctd['syslog']!r} must be true, false or a syslog facility (daemon, local0-7)")

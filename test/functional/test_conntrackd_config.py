@@ -332,10 +332,13 @@ def test_check_refuses_what_conntrackd_refuses(chunks, rendered, tmp_path):
         assert proc.returncode == 1
         assert "conntrackd rejects the new configuration" in proc.stdout
         assert "parsing config file" in proc.stdout
-    # ALARM mode has no DisableExternalCache (the model lets it through)
-    pillar = write_pillar(tmp_path / "p.sls", conntrackd={
-        "mode": "alarm", "disable_external_cache": True})
+    # ALARM mode has no DisableExternalCache: the model refuses it, and so
+    # does the check when a hand-edited file has it
+    pillar = write_pillar(tmp_path / "p.sls", conntrackd={"mode": "alarm"})
     conf = render("fw-cent7i", tmp_path / "alarm", pillar=pillar) / CONF
+    text = conf.read_text()
+    assert "Mode ALARM {" in text
+    conf.write_text(text.replace("Mode ALARM {", "Mode ALARM {\n\t\tDisableExternalCache on", 1))
     proc = run_check_cmd(check_cmd, conf)
     assert proc.returncode == 1 and "DisableExternalCache" in proc.stdout
     assert list(tmp_path.glob("*.check")) == []  # the check cleans up after itself

@@ -74,7 +74,7 @@ class Scope:
     """The global scope, an optional block, or an optional's else block."""
 
     kind: str  # "global" | "optional" | "else"
-    parent: "Scope | None" = None
+    parent: Scope | None = None
     types: set[str] = field(default_factory=set)
     classes: dict[str, set[str]] = field(default_factory=dict)
     rules: list[tuple[int, str]] = field(default_factory=list)

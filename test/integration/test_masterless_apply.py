@@ -11,69 +11,37 @@ nothing, and a bad pillar changes nothing at all.
 
 import json
 import pathlib
-import subprocess
-import sys
 import time
 
 import pytest
-import yaml
 
 from lab import Lab
+from lab import salt as labsalt
+from tools.golden import render
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-SALT_CALL = str(REPO / ".venv" / "bin" / "salt-call")
-PILLAR = yaml.safe_load((REPO / "pillar.example").read_text())
+PILLAR = labsalt.example_pillar()
 
-pytestmark = pytest.mark.skipif(not pathlib.Path(SALT_CALL).exists(), reason="run make setup first")
-
-
-def minion_config(minion_id):
-    return yaml.safe_dump({
-        "id": minion_id,
-        "file_client": "local",
-        "file_roots": {"base": [str(REPO)]},
-        "pillar_roots": {"base": ["/etc/salt/pillar"]},
-        # the real error, not "see master log", when a pillar is bad
-        "pillar_safe_render_error": False,
-        "log_level_logfile": "info",
-    })
+pytestmark = pytest.mark.skipif(not pathlib.Path(labsalt.SALT_CALL).exists(), reason="run make setup first")
 
 
-def install_salt_config(host, minion_id, pillar):
-    host.exec(["mkdir", "-p", "/etc/salt/pillar"])
-    host.exec(["tee", "/etc/salt/minion"], input=minion_config(minion_id))
-    host.exec(["tee", "/etc/salt/pillar/top.sls"], input="base:\n  '*':\n    - hafw\n")
-    host.exec(["tee", "/etc/salt/pillar/hafw.sls"], input=yaml.safe_dump(pillar))
+def apply(host):
+    """state.apply (highstate from the repo's top.sls)."""
+    return labsalt.salt_call(host, "state.apply")
 
 
-def apply(host, timeout=300):
-    """state.apply (highstate from the repo's top.sls); returns (retcode, result)."""
-    proc = host.exec([SALT_CALL, "--local", "--out", "json", "--retcode-passthrough", "state.apply"],
-                     check=False, timeout=timeout)
-    try:
-        out = json.loads(proc.stdout)["local"]
-    except (ValueError, KeyError):
-        pytest.fail(f"salt-call printed no JSON (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc.returncode, out
+def written_since_config(host):
+    """Files under /etc and /var/lib newer than the minion config (Salt's cache aside)."""
+    find = "find /etc /var/lib -newer /etc/salt/minion -type f | grep -v '^/var/cache/salt' | sort"
+    return host.exec(["sh", "-c", find]).stdout
 
 
-def failures(result):
-    return {k: v.get("comment") for k, v in result.items() if v.get("result") is not True}
-
-
-def changed(result):
-    return {v.get("__id__", k): v["changes"] for k, v in result.items() if v.get("changes")}
-
-
-def cable(lab, name):
-    """Give a host the interfaces and addresses pillar.example lists for it."""
-    for cluster in PILLAR["hafw"]["clusters"].values():
-        if name in cluster["nodes"]:
-            host = lab.add_host(name)
-            for ifname, cidr in cluster["nodes"][name]["interfaces"].items():
-                lab.connect(host, ifname.replace("enp0s", "net"), ifname, cidr)
-            return host
-    raise KeyError(name)
+def cable(lab, name, pillar=PILLAR):
+    """A host with the interfaces and addresses the pillar gives that node."""
+    host = lab.add_host(name)
+    for ifname, cidr in labsalt.node_interfaces(pillar, name).items():
+        lab.connect(host, ifname.replace("enp0s", "net"), ifname, cidr)
+    return host
 
 
 @pytest.fixture
@@ -84,17 +52,21 @@ def lab():
         yield run
 
 
-def render(node, out):
-    subprocess.run([sys.executable, "-m", "tools.render", "--node", node, "--out", str(out)],
-                   cwd=REPO, check=True, capture_output=True, text=True)
+def verify(host):
+    """The testinfra verifier tests (test/verify), run inside the host."""
+    script = f"cd {REPO} && PATH={REPO}/.venv/bin:$PATH python -m pytest -q -p no:cacheprovider " \
+             "--hosts=local:// test/verify"
+    proc = host.exec(["sh", "-c", script], check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
 
 
 def test_firewall_pair_node_converges_and_is_idempotent(lab, tmp_path):
     host = cable(lab, "fw-cent7i")
-    install_salt_config(host, "fw-cent7i", PILLAR)
+    labsalt.configure_masterless(host, "fw-cent7i", PILLAR)
 
     rc, first = apply(host)
-    assert rc == 0 and not failures(first), failures(first)
+    assert rc == 0 and not labsalt.state_failures(first), labsalt.state_failures(first)
 
     # the daemons run, in this host only
     for daemon in ("keepalived", "conntrackd"):
@@ -118,8 +90,10 @@ def test_firewall_pair_node_converges_and_is_idempotent(lab, tmp_path):
     assert host.exec(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == "1"
     assert "192.168.2.0/24 via 192.168.1.50" in host.exec(["ip", "route"]).stdout
 
+    checked = verify(host)
+    assert "9 passed" in checked and "skipped" not in checked, checked  # every check applies to a pair node
     # what make render shows is what the host got, byte for byte
-    render("fw-cent7i", tmp_path / "rendered")
+    render("fw-cent7i", "Debian", tmp_path / "rendered")
     for path in (tmp_path / "rendered").rglob("*"):
         # /var/log files are created empty by the formula and then written by the daemons
         if path.is_file() and "var/log" not in str(path):
@@ -127,36 +101,37 @@ def test_firewall_pair_node_converges_and_is_idempotent(lab, tmp_path):
             assert live == path.read_text(), f"{path} differs from the host's copy"
 
     rc, second = apply(host)
-    assert rc == 0 and not failures(second), failures(second)
-    assert changed(second) == {}, "the second apply must change nothing"
+    assert rc == 0 and not labsalt.state_failures(second), labsalt.state_failures(second)
+    assert labsalt.state_changes(second) == {}, "the second apply must change nothing"
 
 
 def test_standalone_firewall_converges(lab):
     host = cable(lab, "fw-cent7m")
-    install_salt_config(host, "fw-cent7m", PILLAR)
+    labsalt.configure_masterless(host, "fw-cent7m", PILLAR)
     rc, first = apply(host)
-    assert rc == 0 and not failures(first), failures(first)
+    assert rc == 0 and not labsalt.state_failures(first), labsalt.state_failures(first)
     assert host.exec(["pgrep", "-x", "keepalived"], check=False).returncode != 0
     assert host.exec(["pgrep", "-x", "conntrackd"], check=False).returncode != 0
     saved = host.exec(["iptables-save"]).stdout
     assert "-j SNAT --to-source 192.168.0.201" in saved
+    assert "skipped" in verify(host)  # the pair's checks do not apply here
     rc, second = apply(host)
-    assert rc == 0 and changed(second) == {}
+    assert rc == 0 and labsalt.state_changes(second) == {}
 
 
 def test_bad_pillar_changes_nothing(lab):
     host = cable(lab, "fw-cent7i")
     bad = json.loads(json.dumps(PILLAR))
     bad["hafw"]["clusters"]["fw-pair"]["nodes"]["fw-cent7i"]["state"] = "SLAVE"
-    install_salt_config(host, "fw-cent7i", bad)
-    before = host.exec(["sh", "-c", "find /etc /var/lib -newer /etc/salt/minion -type f | grep -v '^/var/cache/salt' | sort"]).stdout
+    labsalt.configure_masterless(host, "fw-cent7i", bad)
+    before = written_since_config(host)
 
     rc, result = apply(host)
     assert rc != 0
     text = json.dumps(result)
     assert "hafw:clusters:fw-pair:nodes:fw-cent7i:state" in text and "SLAVE" in text, text[:2000]
     # nothing was written and nothing started
-    after = host.exec(["sh", "-c", "find /etc /var/lib -newer /etc/salt/minion -type f | grep -v '^/var/cache/salt' | sort"]).stdout
+    after = written_since_config(host)
     assert after == before
     assert host.exec(["iptables-save"]).stdout.count("-A ") == 0
     for daemon in ("keepalived", "conntrackd"):

@@ -116,7 +116,7 @@ CASES = [
     ("fractional garp delay", lambda p: at(p, *FW, "vrrp").update(garp_master_delay=1.5),
      "hafw:clusters:fw-pair:vrrp:garp_master_delay", "must be an integer"),
     ("external cache off in alarm mode",
-     lambda p: at(p, *FW, "conntrackd").update(mode="alarm", disable_external_cache=True, startup_resync=False),
+     lambda p: at(p, *FW, "conntrackd").update(mode="alarm", disable_external_cache=True),
      "hafw:clusters:fw-pair:conntrackd:disable_external_cache", "not available in mode alarm"),
     ("unknown syslog facility", lambda p: at(p, *FW, "conntrackd").update(syslog="mail"),
      "hafw:clusters:fw-pair:conntrackd:syslog", "syslog facility"),
