@@ -10,6 +10,7 @@ nothing is derived (or written) while any remains.
 This module has no Salt imports: the unit tests load it as a plain module.
 """
 
+import copy
 import ipaddress
 import re
 
@@ -171,3 +172,20 @@ class Checker:
         except ValueError as exc:
             self.fail(path, f"bad CIDR {value!r}: {exc}")
             return None
+
+
+# -- pillar helpers shared by the model's parts ------------------------------
+def merge(base, over):
+    """Deep-merge ``over`` onto a copy of ``base`` (dicts merge, the rest replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in (over or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def primary(ifaces, ifname):
+    """A node's first address on an interface (or None)."""
+    return ifaces[ifname][0] if ifaces.get(ifname) else None
