@@ -25,9 +25,17 @@ def nodes(pillar=REPO / "pillar.example"):
     return sorted(n for c in clusters.values() for n in c["nodes"])
 
 
-def render(node, family, out):
-    proc = subprocess.run([sys.executable, "-m", "tools.render", "--node", node, "--os-family", family,
-                           "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+def render(node, family, out, *, sls=None, pillar=None, clean=False, timeout=None):
+    """Render node's files for family under out with tools.render (all of hafw from
+    pillar.example unless sls/pillar say otherwise; clean: empty out first)."""
+    cmd = [sys.executable, "-m", "tools.render", "--node", node, "--os-family", family, "--out", str(out)]
+    if sls is not None:
+        cmd += ["--sls", sls]
+    if pillar is not None:
+        cmd += ["--pillar", str(pillar)]
+    if clean:
+        cmd.append("--clean")
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     if proc.returncode:
         raise RuntimeError(f"render {node}/{family} failed:\n{proc.stderr}")
 

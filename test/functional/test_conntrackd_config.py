@@ -44,6 +44,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tools import golden
+
 REPO = Path(__file__).resolve().parents[2]
 PILLAR = REPO / "pillar.example"
 CONNTRACKD = "/usr/sbin/conntrackd"
@@ -121,12 +123,7 @@ SEED_DIFF = [
 
 def render(node: str, out: Path, pillar: Path = PILLAR, os_family: str = "Debian") -> Path:
     """The tree of files conntrackd's states write on node, rendered by Salt."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "tools.render", "--node", node, "--out", str(out),
-         "--sls", "conntrackd", "--pillar", str(pillar), "--os-family", os_family, "--clean"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
+    golden.render(node, os_family, out, sls="conntrackd", pillar=pillar, clean=True, timeout=120)
     return out
 
 

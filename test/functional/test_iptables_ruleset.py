@@ -30,13 +30,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-SALT_CALL = Path(sys.executable).with_name("salt-call")
-IP = shutil.which("ip") or "/usr/sbin/ip"
+from test.support.scratch_minion import IP, REPO, SALT_CALL, ScratchMinion, changes, failed, ns_run
+
 PARAMS = yaml.safe_load((REPO / "iptables" / "parameters" / "defaults.yaml").read_text())
 
 sys.path.insert(0, str(REPO / "_utils"))
 import hafw_model  # noqa: E402  (plain-Python model, from _utils)
+
+# overlaid on iptables/install.sls: the real state ID, nothing installed
+INSTALL_STUB = ("# test stub: packages are not installed from a test\n"
+                "hafw-iptables-installed:\n  test.nop: []\n")
 
 # --------------------------------------------------------------------------
 # helpers
@@ -48,14 +51,6 @@ def example_pillar():
 
 def model_firewall(pillar, node):
     return hafw_model.node(pillar["hafw"], node)["firewall"]
-
-
-def ns_run(ns, *cmd, check=True, stdin=None):
-    proc = subprocess.run([IP, "netns", "exec", ns, *map(str, cmd)], capture_output=True,
-                          text=True, timeout=120, input=stdin)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}): {proc.stderr}")
-    return proc
 
 
 def tables(text):
@@ -77,74 +72,18 @@ def live_tables(ns):
     return {t: tables(ns_run(ns, "iptables-save", "-t", t).stdout)[t] for t in ("nat", "filter")}
 
 
-class Minion:
-    """A scratch masterless minion whose salt-call runs inside a namespace."""
+class Minion(ScratchMinion):
+    """The scratch minion of the iptables tree: install.sls stubbed, paths under tmp_path."""
 
     def __init__(self, tmp_path: Path, ns: str, node: str, pillar: dict):
-        self.ns = ns
-        self.root = tmp_path / "minion"
         self.out = tmp_path / "out"  # stands for / : every managed file lands below
-        overlay = self.root / "overlay" / "iptables"
-        overlay.mkdir(parents=True)
-        (overlay / "install.sls").write_text(
-            "# test stub: packages are not installed from a test\n"
-            "hafw-iptables-installed:\n  test.nop: []\n")
-        pillar_dir = self.root / "pillar"
-        pillar_dir.mkdir()
-        (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - data\n    - lookup\n")
-        (pillar_dir / "data.sls").write_text(yaml.safe_dump(pillar))
         self.paths = {
             "iptables": {"rules_file": str(self.out / "etc/iptables/rules.v4")},
             "nftables": {"rules_file": str(self.out / "etc/hafw/hafw.nft"),
                          "main_conf": str(self.out / "etc/nftables.conf")},
         }
-        (pillar_dir / "lookup.sls").write_text(
-            yaml.safe_dump({"hafw": {"lookup": {"iptables": self.paths}}}))
-        conf = {
-            "id": node,
-            "file_client": "local",
-            "file_roots": {"base": [str(self.root / "overlay"), str(REPO)]},
-            "pillar_roots": {"base": [str(pillar_dir)]},
-            "root_dir": str(self.root),
-            "states_dirs": [str(REPO / "_states")],
-            "module_dirs": [str(REPO / "_modules")],
-            "utils_dirs": [str(REPO / "_utils")],
-            "grains": {"os_family": "Debian"},
-            "grains_cache": False,
-            "enable_fqdns_grains": False,
-            "enable_gpu_grains": False,
-            "log_level_logfile": "quiet",
-        }
-        (self.root / "minion").write_text(yaml.safe_dump(conf))
-
-    def call(self, *args):
-        """Run salt-call in the namespace; return the parsed ``local`` result."""
-        proc = ns_run(self.ns, SALT_CALL, "--local", "-c", self.root, "--out=json",
-                      "--log-level=quiet", *args, check=False)
-        try:
-            return json.loads(proc.stdout)["local"]
-        except (ValueError, KeyError):
-            raise AssertionError(f"salt-call {args}: rc {proc.returncode}\n"
-                                 f"{proc.stdout}\n{proc.stderr}") from None
-
-    def apply(self, sls, test=False):
-        ret = self.call("state.apply", sls, *(["test=True"] if test else []))
-        assert isinstance(ret, dict), f"{sls} did not render: {ret}"
-        return {v["__id__"]: v for v in ret.values()}
-
-    def single(self, fun, **kwargs):
-        ret = self.call("state.single", fun, *[f"{k}={v}" for k, v in kwargs.items()])
-        assert isinstance(ret, dict), ret
-        (only,) = ret.values()
-        return only
-
-
-def changes(states):
-    return {sid: s["changes"] for sid, s in states.items() if s["changes"]}
-
-
-def failed(states):
-    return {sid: s["comment"] for sid, s in states.items() if s["result"] is False}
+        super().__init__(tmp_path, ns, node, pillar=pillar, lookup={"iptables": self.paths},
+                         overlay={"iptables/install.sls": INSTALL_STUB})
 
 
 # --------------------------------------------------------------------------

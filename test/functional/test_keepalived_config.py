@@ -37,6 +37,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tools import golden
+
 REPO = Path(__file__).resolve().parents[2]
 PILLAR = REPO / "pillar.example"
 KEEPALIVED = "/usr/sbin/keepalived"
@@ -58,12 +60,7 @@ pytestmark = [
 
 def render(node: str, out: Path, pillar: Path = PILLAR, os_family: str = "Debian") -> str:
     """keepalived.conf of node, rendered by Salt as keepalived.config would write it."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "tools.render", "--node", node, "--out", str(out),
-         "--sls", "keepalived", "--pillar", str(pillar), "--os-family", os_family, "--clean"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
+    golden.render(node, os_family, out, sls="keepalived", pillar=pillar, clean=True, timeout=120)
     return (out / CONF).read_text()
 
 

@@ -19,46 +19,28 @@ Needs root and iproute2; skipped otherwise.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-SALT_CALL = Path(sys.executable).with_name("salt-call")
-IP = shutil.which("ip") or "/usr/sbin/ip"
+from test.support.scratch_minion import IP, SALT_CALL, ScratchMinion, changes, failed, ns_run
+
 CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
-
-
-def ns_run(ns, *cmd, check=True):
-    proc = subprocess.run([IP, "netns", "exec", ns, *map(str, cmd)], capture_output=True,
-                          text=True, timeout=120)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}): {proc.stderr}")
-    return proc
 
 
 def ns_sysctl(ns, key):
     return ns_run(ns, "sysctl", "-n", key).stdout.strip()
 
 
-class Minion:
-    """A scratch masterless minion whose salt-call runs inside a namespace."""
+class Minion(ScratchMinion):
+    """The scratch minion of the kernel tree: pillar.example, paths under tmp_path."""
 
     def __init__(self, tmp_path: Path, ns: str, node: str):
-        self.ns = ns
-        self.root = tmp_path / "minion"
         out = tmp_path / "out"
-        pillar_dir = self.root / "pillar"
-        pillar_dir.mkdir(parents=True)
-        (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - data\n    - lookup\n")
-        shutil.copyfile(REPO / "pillar.example", pillar_dir / "data.sls")
         self.paths = {
             "sysctl_file": out / "etc/sysctl.d/60-hafw.conf",
             "modules_file": out / "etc/modules-load.d/hafw.conf",
@@ -68,52 +50,7 @@ class Minion:
         lookup = {k: str(v) for k, v in self.paths.items() if k != "hook"}
         lookup["route_hooks"] = [{"name": str(self.paths["hook"]),
                                   "source": "ifupdown-hook.sh.jinja"}]
-        (pillar_dir / "lookup.sls").write_text(
-            yaml.safe_dump({"hafw": {"lookup": {"kernel": lookup}}}))
-        conf = {
-            "id": node,
-            "file_client": "local",
-            "file_roots": {"base": [str(REPO)]},
-            "pillar_roots": {"base": [str(pillar_dir)]},
-            "root_dir": str(self.root),
-            "states_dirs": [str(REPO / "_states")],
-            "module_dirs": [str(REPO / "_modules")],
-            "utils_dirs": [str(REPO / "_utils")],
-            "grains": {"os_family": "Debian"},
-            "grains_cache": False,
-            "enable_fqdns_grains": False,
-            "enable_gpu_grains": False,
-            "log_level_logfile": "quiet",
-        }
-        (self.root / "minion").write_text(yaml.safe_dump(conf))
-
-    def call(self, *args):
-        proc = ns_run(self.ns, SALT_CALL, "--local", "-c", self.root, "--out=json",
-                      "--log-level=quiet", *args, check=False)
-        try:
-            return json.loads(proc.stdout)["local"]
-        except (ValueError, KeyError):
-            raise AssertionError(f"salt-call {args}: rc {proc.returncode}\n"
-                                 f"{proc.stdout}\n{proc.stderr}") from None
-
-    def apply(self, sls="kernel", test=False):
-        ret = self.call("state.apply", sls, *(["test=True"] if test else []))
-        assert isinstance(ret, dict), f"{sls} did not render: {ret}"
-        return {v["__id__"]: v for v in ret.values()}
-
-    def single(self, fun, **kwargs):
-        ret = self.call("state.single", fun, *[f"{k}={v}" for k, v in kwargs.items()])
-        assert isinstance(ret, dict), ret
-        (only,) = ret.values()
-        return only
-
-
-def changes(states):
-    return {sid: s["changes"] for sid, s in states.items() if s["changes"]}
-
-
-def failed(states):
-    return {sid: s["comment"] for sid, s in states.items() if s["result"] is False}
+        super().__init__(tmp_path, ns, node, lookup={"kernel": lookup}, default_sls="kernel")
 
 
 @pytest.fixture

@@ -36,6 +36,17 @@ def written_since_config(host):
     return host.exec(["sh", "-c", find]).stdout
 
 
+def wait_for_vips(host, vips, timeout=20):
+    """True once every VIP is on the host (a lone node becomes master after 3 adverts)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        addrs = host.exec(["ip", "-o", "-4", "addr", "show"]).stdout
+        if all(f" {vip}/24 " in addrs for vip in vips):
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def cable(lab, name, pillar=PILLAR):
     """A host with the interfaces and addresses the pillar gives that node."""
     host = lab.add_host(name)
@@ -74,14 +85,7 @@ def test_firewall_pair_node_converges_and_is_idempotent(lab, tmp_path):
     # alone on its links, fw-cent7i becomes master (after 3 missed adverts of
     # 3 s each): the sync group holds every VIP
     vips = ("192.168.0.40", "192.168.0.60", "192.168.0.88", "192.168.1.40")
-    deadline = time.monotonic() + 20
-    while True:
-        addrs = host.exec(["ip", "-o", "-4", "addr", "show"]).stdout
-        if all(f" {vip}/24 " in addrs for vip in vips) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    for vip in vips:
-        assert f" {vip}/24 " in addrs, addrs
+    assert wait_for_vips(host, vips), host.exec(["ip", "-o", "-4", "addr", "show"]).stdout
     assert "primary" in host.exec(["cat", "/run/conntrackd/hafw-role"], check=False).stdout
     # the ruleset is live and forwarding is on
     saved = host.exec(["iptables-save"]).stdout
@@ -136,3 +140,32 @@ def test_bad_pillar_changes_nothing(lab):
     assert host.exec(["iptables-save"]).stdout.count("-A ") == 0
     for daemon in ("keepalived", "conntrackd"):
         assert host.exec(["pgrep", "-x", daemon], check=False).returncode != 0
+
+
+def test_config_changes_reload_keepalived_and_restart_conntrackd(lab):
+    """A keepalived change is a SIGHUP (same pid, VIPs kept); conntrackd restarts."""
+    host = cable(lab, "fw-cent7i")
+    labsalt.configure_masterless(host, "fw-cent7i", PILLAR)
+    rc, first = apply(host)
+    assert rc == 0 and not labsalt.state_failures(first), labsalt.state_failures(first)
+    vips = ("192.168.0.40", "192.168.0.60", "192.168.0.88", "192.168.1.40")
+    assert wait_for_vips(host, vips), "fw-cent7i never became master"
+
+    def pid(name):
+        return host.exec(["pgrep", "-o", "-x", name]).stdout.strip()
+
+    keepalived, conntrackd = pid("keepalived"), pid("conntrackd")
+    changed = json.loads(json.dumps(PILLAR))
+    pair = changed["hafw"]["clusters"]["fw-pair"]
+    pair["vrrp"]["garp_master_delay"] = 2
+    pair["conntrackd"]["nice"] = -10
+    labsalt.configure_masterless(host, "fw-cent7i", changed)
+
+    rc, second = apply(host)
+    assert rc == 0 and not labsalt.state_failures(second), labsalt.state_failures(second)
+    assert {"hafw-keepalived-config", "hafw-conntrackd-config"} <= set(labsalt.state_changes(second))
+    assert pid("keepalived") == keepalived, "keepalived was restarted, not reloaded"
+    assert pid("conntrackd") != conntrackd, "conntrackd kept its old configuration"
+    assert "garp_master_delay 2" in host.exec(["cat", "/etc/keepalived/keepalived.conf"]).stdout
+    addrs = host.exec(["ip", "-o", "-4", "addr", "show"]).stdout
+    assert all(f" {vip}/24 " in addrs for vip in vips), "the reload dropped VIPs"
