@@ -373,8 +373,8 @@ def test_check_cmd_runs_before_the_live_file_is_replaced(tmp_path, rendered):
 class Node:
     """One firewall: a namespace, its rendered files, its conntrackd (by pid)."""
 
-    def __init__(self, name: str, ns: str, base: Path):
-        self.name, self.ns, self.base = name, ns, base
+    def __init__(self, name: str, ns: str, base: Path, sock: Path):
+        self.name, self.ns, self.base, self.sock = name, ns, base, sock
         self.conf = base / "conntrackd.conf"
         self.state_file = base / "hafw-role"
         self.proc: subprocess.Popen | None = None
@@ -382,7 +382,7 @@ class Node:
 
     def lookup(self) -> dict:
         return {"config": {"path": str(self.conf), "lock_file": str(self.base / "ctd.lock"),
-                           "socket": str(self.base / "ctd.ctl")},
+                           "socket": str(self.sock)},
                 "hook": {"state_file": str(self.state_file)}}
 
     def start(self):
@@ -422,7 +422,7 @@ def entry(src: str, sport: int) -> re.Pattern:
 
 
 @pytest.fixture
-def pair(tmp_path):
+def pair(tmp_path, sock_dir):
     """fw-cent7i (A) and fw-cent7j (B): namespaces joined by enp0s9, files rendered."""
     if not os.access(CONNTRACK, os.X_OK):
         pytest.skip(f"needs {CONNTRACK}")
@@ -438,7 +438,7 @@ def pair(tmp_path):
             made.append(ns)
             base = tmp_path / name
             base.mkdir()
-            nodes.append(Node(name, ns, base))
+            nodes.append(Node(name, ns, base, sock_dir / f"{name}.ctl"))
         a, b = nodes
         # one veth pair, one end in each namespace, both named enp0s9
         subprocess.run([IP, "-n", a.ns, "link", "add", "enp0s9", "type", "veth", "peer", "name",
@@ -466,7 +466,7 @@ def pair(tmp_path):
 def test_replication_and_resync_after_a_restart(pair):
     a, b = pair
     for node in (a, b):
-        assert f"Path {node.base / 'ctd.ctl'}" in node.conf.read_text()
+        assert f"Path {node.sock}" in node.conf.read_text()
         node.start()
 
     # replication over the sync link, both ways (addresses the ignore list lets through)

@@ -170,7 +170,7 @@ General {{
   Syslog off
   LockFile {dir}/conntrackd.lock
   UNIX {{
-    Path {dir}/conntrackd.ctl
+    Path {sock}
   }}
   Filter From Userspace {{
     Protocol Accept {{
@@ -190,13 +190,13 @@ General {{
 class Node:
     """One firewall: a namespace, its conntrackd config, maybe a daemon."""
 
-    def __init__(self, ns: str, directory: Path, own: str, peer: str, hashsize: int):
+    def __init__(self, ns: str, directory: Path, own: str, peer: str, hashsize: int, sock: Path):
         self.ns = ns
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "conntrackd.conf"
         self.conf.write_text(
-            CONF.format(own=own, peer=peer, dir=self.dir, hashsize=hashsize)
+            CONF.format(own=own, peer=peer, dir=self.dir, hashsize=hashsize, sock=sock)
         )
         self.lock = self.dir / "conntrackd.lock"
         self.daemon_log = self.dir / "conntrackd.log"
@@ -262,7 +262,7 @@ class Node:
 
 
 @pytest.fixture
-def lab(tmp_path):
+def lab(tmp_path, sock_dir):
     """Factory of namespaces/nodes; tears everything down on any outcome."""
     _require_lab()
     namespaces: list[str] = []
@@ -290,7 +290,7 @@ def lab(tmp_path):
         subprocess.run([IP, "-n", ns, "addr", "add", "192.168.3.42/24", "dev", "sync1"], check=True)
         for dev in ("sync0", "sync1"):
             subprocess.run([IP, "-n", ns, "link", "set", dev, "up"], check=True)
-        node = Node(ns, tmp_path / "a", "192.168.3.41", "192.168.3.42", hashsize)
+        node = Node(ns, tmp_path / "a", "192.168.3.41", "192.168.3.42", hashsize, sock_dir / "a.ctl")
         nodes.append(node)
         return node
 
@@ -302,8 +302,8 @@ def lab(tmp_path):
             subprocess.run([IP, "-n", ns, "addr", "add", addr, "dev", "sync0"], check=True)
         for ns in (ns_a, ns_b):
             subprocess.run([IP, "-n", ns, "link", "set", "sync0", "up"], check=True)
-        a = Node(ns_a, tmp_path / "a", "192.168.3.41", "192.168.3.42", 32768)
-        b = Node(ns_b, tmp_path / "b", "192.168.3.42", "192.168.3.41", hashsize_b)
+        a = Node(ns_a, tmp_path / "a", "192.168.3.41", "192.168.3.42", 32768, sock_dir / "a.ctl")
+        b = Node(ns_b, tmp_path / "b", "192.168.3.42", "192.168.3.41", hashsize_b, sock_dir / "b.ctl")
         nodes.extend([a, b])
         return a, b
 
