@@ -108,6 +108,13 @@ def test_firewall_pair_node_converges_and_is_idempotent(lab, tmp_path):
     assert rc == 0 and not labsalt.state_failures(second), labsalt.state_failures(second)
     assert labsalt.state_changes(second) == {}, "the second apply must change nothing"
 
+    # a daemon that died is started again by the next apply, which says so
+    host.exec(["pkill", "-x", "conntrackd"])
+    host.exec(["sh", "-c", "while pgrep -x conntrackd >/dev/null; do sleep 0.1; done"], timeout=10)
+    rc, third = apply(host)
+    assert rc == 0 and "hafw-conntrackd-service-running" in labsalt.state_changes(third)
+    assert host.exec(["pgrep", "-x", "conntrackd"], check=False).returncode == 0
+
 
 def test_standalone_firewall_converges(lab):
     host = cable(lab, "fw-cent7m")

@@ -1,0 +1,267 @@
+"""The reference deployment as a live Salt fleet: lab hosts built from lab/topology.yaml.
+
+    with Lab() as lab:                      # or Lab().create(hold=False) to outlive the process
+        fleet = Fleet(lab).up()             # start() (build, salt-master, minions) + converge
+        fleet.converge()                    # salt '*fw*' state.apply, through the master
+        fleet.crash("fw-cent7i"); fleet.reboot("fw-cent7i")
+
+See docs/lab.md.
+"""
+
+import ipaddress
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from . import saltmaster
+from .lab import Lab
+from .names import LabError
+from .salt import example_pillar
+
+TOPOLOGY = Path(__file__).resolve().parent / "topology.yaml"
+DAEMONS = ("salt-master", "salt-minion", "keepalived", "conntrackd")
+
+
+def _cidrs(network, addresses):
+    """Addresses on a network as CIDRs; a bare address takes the network's prefix length."""
+    net = ipaddress.ip_network(network)
+    out = []
+    for addr in addresses:
+        iface = ipaddress.ip_interface(addr if "/" in addr else "%s/%d" % (addr, net.prefixlen))
+        if iface.ip not in net:
+            raise LabError("%s is not in %s" % (addr, network))
+        out.append(str(iface))
+    return out
+
+
+def load_topology(path=TOPOLOGY, pillar=None):
+    """The topology with every address resolved (pillar addresses filled in), as plain data."""
+    pillar = pillar or example_pillar()
+    clusters = pillar["hafw"]["clusters"]
+    nodes = {n: c["nodes"][n] for c in clusters.values() for n in c["nodes"]}
+    raw = yaml.safe_load(Path(path).read_text())
+    networks, hosts = raw["networks"], {}
+    for name, spec in raw["hosts"].items():
+        pillar_ifs, vips, routes = {}, {}, dict(spec.get("routes") or {})
+        if spec.get("pillar"):
+            pillar_ifs = nodes[name]["interfaces"]
+        elif spec.get("stand_in_for"):
+            cluster = clusters[spec["stand_in_for"]]
+            pillar_ifs = next(iter(cluster["nodes"].values()))["interfaces"]
+            for inst in cluster.get("vrrp", {}).get("instances", {}).values():
+                vips.setdefault(inst["interface"], []).extend(inst["vips"])
+            routes.update({r["to"]: r["via"] for r in cluster.get("routes", [])})
+        links = []
+        for ifname, text in spec["links"].items():
+            network, *addrs = text.split()
+            if network not in networks:
+                raise LabError("%s:%s: no network %r" % (name, ifname, network))
+            if not addrs:
+                given = pillar_ifs.get(ifname)
+                addrs = [given] if isinstance(given, str) else list(given or [])
+                if not addrs:
+                    raise LabError("%s:%s: no address in the topology or the pillar" % (name, ifname))
+            addrs += vips.get(ifname, [])
+            links.append({"ifname": ifname, "network": network, "addresses": _cidrs(networks[network], addrs)})
+        missing = set(pillar_ifs) - {link["ifname"] for link in links}
+        if missing:
+            raise LabError("%s: pillar interfaces %s have no link in the topology" % (name, sorted(missing)))
+        if spec.get("gateway"):
+            routes["default"] = spec["gateway"]
+        hosts[name] = {"role": spec.get("role", ""), "minion": bool(spec.get("pillar")),
+                       "master": bool(spec.get("master")), "links": links,
+                       "routes": [{"dest": d, "via": v} for d, v in routes.items()],
+                       "sysctl": spec.get("sysctl") or {}, "iptables": spec.get("iptables") or []}
+    masters = [n for n, h in hosts.items() if h["master"]]
+    if len(masters) != 1:
+        raise LabError("the topology needs exactly one host with master: true, not %s" % masters)
+    return {"networks": networks, "hosts": hosts,
+            "pair_vips": {n: [v.split("/")[0] for c in clusters.values() if n in c["nodes"]
+                              for i in c.get("vrrp", {}).get("instances", {}).values() for v in i["vips"]]
+                          for n in hosts if hosts[n]["minion"]}}
+
+
+class Fleet:
+    """A lab run built from the topology, with a salt-master and minions."""
+
+    def __init__(self, lab, topology=None, say=None):
+        self.lab = lab
+        self.topology = topology or load_topology()
+        self.say = say or (lambda msg: None)
+        self.timings = {}
+        master = next(n for n, h in self.topology["hosts"].items() if h["master"])
+        self.master_name = master
+        mgmt = [link for link in self.topology["hosts"][master]["links"] if link["network"] == "mgmt"]
+        self.master_address = (mgmt or self.topology["hosts"][master]["links"])[0]["addresses"][0].split("/")[0]
+        self.minions = [n for n, h in self.topology["hosts"].items() if h["minion"]]
+
+    @classmethod
+    def attach(cls, prefix, say=None):
+        """The Fleet of a run made by another process (python -m lab up)."""
+        lab = Lab.attach(prefix)
+        saved = lab.state_dir / "fleet.json"
+        if not saved.exists():
+            raise LabError("lab run %s is not a fleet (no fleet.json)" % prefix)
+        return cls(lab, json.loads(saved.read_text()), say)
+
+    def __getitem__(self, name):
+        return self.lab[name]
+
+    @property
+    def master(self):
+        return self.lab[self.master_name]
+
+    def _timed(self, label, func, *args, **kwargs):
+        self.say("%s ..." % label)
+        start = time.monotonic()
+        result = func(*args, **kwargs)
+        self.timings[label] = round(time.monotonic() - start, 2)
+        self.say("%s ... %.1f s" % (label, self.timings[label]))
+        return result
+
+    # --- building ---
+
+    def up(self):
+        """start(), then converge through the master and wait for the VRRP masters."""
+        self.start()
+        results = self._timed("converging %s" % ",".join(self.minions), self.converge)
+        bad = {m: r["failed"] for m, r in results.items() if not r["ok"]}
+        if bad or set(results) != set(self.minions):
+            raise LabError("converge failed: %s (returned: %s)" % (bad, sorted(results)))
+        self._timed("waiting for VRRP masters", self.wait_vrrp)
+        return self
+
+    def start(self):
+        """Build the hosts, start the salt-master and the minions, wait until all answer."""
+        self._timed("building %d hosts" % len(self.topology["hosts"]), self.build)
+        self._timed("starting salt-master", self.boot, self.master_name)
+        for name in self.minions:
+            self.boot(name)
+        self._timed("waiting for %d minions" % len(self.minions), self.wait_minions)
+        return self
+
+    def build(self):
+        """Switches, hosts, links, routes and boot config of every host; keys and configs for Salt."""
+        (self.lab.state_dir / "fleet.json").write_text(json.dumps(self.topology, indent=1))
+        for network in self.topology["networks"]:
+            self.lab.add_switch(network)
+        for name, spec in self.topology["hosts"].items():
+            host = self.lab.add_host(name)
+            for link in spec["links"]:
+                self.lab.connect(host, link["network"], link["ifname"], link["addresses"])
+            for route in spec["routes"]:
+                host.add_route(route["dest"], via=route["via"])
+            if not spec["master"] and not spec["minion"]:
+                self.boot(name)
+        keys = saltmaster.configure_master(self.master, self.master_address, self.minions)
+        for name in self.minions:
+            saltmaster.configure_minion(self[name], name, self.master_address, keys[name])
+
+    def boot(self, name):
+        """What a host runs at boot: sysctls, iptables, its salt daemon."""
+        spec, host = self.topology["hosts"][name], self[name]
+        for key, value in spec["sysctl"].items():
+            host.exec(["sysctl", "-qw", "%s=%s" % (key, value)])
+        for rule in spec["iptables"]:
+            host.exec(["iptables", *map(str, rule)])
+        if spec["master"]:
+            saltmaster.start_master(host)
+            saltmaster.wait_master(host, self.master_address)
+        if spec["minion"]:
+            saltmaster.start_minion(host)
+
+    # --- Salt ---
+
+    def salt(self, *args, timeout=60):
+        """`salt ARGS... --out json --static` on the master; the parsed output."""
+        return saltmaster.salt(self.master, *args, timeout=timeout)
+
+    def wait_minions(self, minions=None, timeout=90):
+        return saltmaster.wait_minions(self.master, minions or self.minions, timeout)
+
+    def converge(self, target="*fw*", timeout=300):
+        """salt TARGET state.apply; {minion: summary} (ok, states, changed, failed).
+
+        Every host the master converged from then on highstates itself at boot.
+        """
+        result = self.salt(target, "state.apply", timeout=timeout)
+        summaries = {m: saltmaster.summary(r) for m, r in result.items()}
+        for minion, s in summaries.items():
+            if s["ok"] and minion in self.lab.hosts:
+                saltmaster.enable_startup_highstate(self[minion])
+        return summaries
+
+    # --- failures ---
+
+    def crash(self, name):
+        """Power cut: every link down, every process killed. Addresses and conntrack
+        entries stay in the dead netns, unreachable, until reboot() replaces it."""
+        host = self[name]
+        if host.running:
+            for link in host.links:
+                host.link_down(link["ifname"])
+        host.kill_all()
+
+    def reboot(self, name, timeout=180):
+        """Power-cycle (new netns: empty conntrack, iptables, sysctls) and boot;
+        a minion's startup highstate is awaited: returns its summary."""
+        since = time.time()
+        self[name].reboot()
+        self.boot(name)
+        if not self.topology["hosts"][name]["minion"]:
+            return None
+        result, seconds = saltmaster.wait_highstate(self.master, name, since, timeout)
+        self.timings["reboot %s: startup highstate returned" % name] = round(seconds, 2)
+        return result
+
+    # --- looking ---
+
+    def vips(self, name):
+        """The pair VIPs (from the pillar) that host `name` holds now."""
+        host = self[name]
+        if not host.running:
+            return []
+        addrs = host.exec(["ip", "-o", "-4", "addr", "show"]).stdout
+        return [v for v in self.topology["pair_vips"].get(name, []) if " %s/" % v in addrs]
+
+    def wait_vips(self, name, count=None, timeout=30):
+        """Wait until host `name` holds `count` pair VIPs (default: all); returns seconds."""
+        want = len(self.topology["pair_vips"][name]) if count is None else count
+        start = time.monotonic()
+        while len(self.vips(name)) != want:
+            if time.monotonic() - start > timeout:
+                raise TimeoutError("%s holds %s, not %d VIPs, after %d s" % (name, self.vips(name), want, timeout))
+            time.sleep(0.2)
+        return time.monotonic() - start
+
+    def wait_vrrp(self, timeout=40):
+        """Wait until each VRRP pair has one host holding all its VIPs and the other none."""
+        pairs = {}
+        for name, vips in self.topology["pair_vips"].items():
+            if vips:
+                pairs.setdefault(tuple(sorted(vips)), []).append(name)
+        deadline = time.monotonic() + timeout
+        for vips, members in pairs.items():
+            settled = [0] * (len(members) - 1) + [len(vips)]  # one holds them all, the others none
+            while sorted(len(self.vips(m)) for m in members) != settled:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no single VRRP master among %s" % members)
+                time.sleep(0.2)
+
+    def status(self):
+        """{host: {running, role, vrrp, vips, daemons}} of every host."""
+        out = {}
+        for name, spec in self.topology["hosts"].items():
+            host = self[name]
+            entry = {"running": host.running, "role": spec["role"], "vrrp": None, "vips": [], "daemons": []}
+            if host.running:
+                ps = host.exec(["ps", "-eo", "comm=,args="]).stdout
+                entry["daemons"] = [d for d in DAEMONS if any(d in line for line in ps.splitlines())]
+                pair = self.topology["pair_vips"].get(name)
+                if pair:
+                    entry["vips"] = self.vips(name)
+                    entry["vrrp"] = {0: "BACKUP", len(pair): "MASTER"}.get(len(entry["vips"]), "SPLIT")
+            out[name] = entry
+        return out
