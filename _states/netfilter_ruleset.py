@@ -122,17 +122,18 @@ def _ipt_tables(text):
     return tables
 
 
-def _ipt_drift(wanted):
+def _ipt_drift(wanted, ignore_live=()):
     """
     Compare each table of ``wanted`` (``_ipt_tables`` output) with the live
-    one. Return ``(diff, error)``; an empty diff means no drift.
+    one, leaving out the live rules listed in ``ignore_live`` (rules another
+    actor owns). Return ``(diff, error)``; an empty diff means no drift.
     """
     diffs = []
     for table, lines in wanted.items():
         res = _run(["iptables-save", "-t", table])
         if res["retcode"] != 0:
             return None, f"iptables-save -t {table} failed: {_failed(res)}"
-        live = _ipt_tables(res["stdout"]).get(table, [])
+        live = [ln for ln in _ipt_tables(res["stdout"]).get(table, []) if ln not in ignore_live]
         if live != lines:
             diffs.append(_diff("\n".join(live), "\n".join(lines),
                                f"live *{table}", f"wanted *{table}"))
@@ -178,7 +179,7 @@ def _nft_save_state(path, state):
 # ---------------------------------------------------------------------------
 # states
 # ---------------------------------------------------------------------------
-def applied(name, backend="iptables", table="hafw", family="ip"):
+def applied(name, backend="iptables", table="hafw", family="ip", ignore_live=(), on_applied=None):
     """
     Make the live ruleset the one in file ``name``, in one transaction, when
     it differs.
@@ -194,6 +195,16 @@ def applied(name, backend="iptables", table="hafw", family="ip"):
         nftables only: the table the script replaces (default ``ip hafw``),
         the one whose listing is watched for drift. Other tables are never
         looked at.
+
+    ignore_live
+        iptables only: live rules (as ``iptables-save`` prints them) that
+        another actor adds and removes, left out of the drift check. hafw's
+        transition hook owns the jump into its takeover gate, for instance.
+
+    on_applied
+        A command (argument list) run after a successful apply, when its
+        program exists: a restore replaces whole tables, so whoever owns an
+        ``ignore_live`` rule is asked to put it back (``hook gate-sync``).
 
     The changes are ``{"applied": name, "diff": ...}``, the diff going from
     the live ruleset to the wanted one (cut to 200 lines). In test mode
@@ -232,17 +243,33 @@ def applied(name, backend="iptables", table="hafw", family="ip"):
         ret["comment"] = f"cannot read {name}: {exc}"
         return ret
     if backend == "iptables":
-        return _applied_iptables(ret, name, text)
-    return _applied_nftables(ret, name, text, family, table)
+        ret = _applied_iptables(ret, name, text, tuple(ignore_live))
+    else:
+        ret = _applied_nftables(ret, name, text, family, table)
+    if ret["result"] and ret["changes"] and on_applied and not __opts__["test"]:
+        _run_on_applied(ret, list(on_applied))
+    return ret
 
 
-def _applied_iptables(ret, name, text):
+def _run_on_applied(ret, cmd):
+    if not os.path.exists(cmd[0]):
+        ret["comment"] += f"; {cmd[0]} does not exist yet, not run"
+        return
+    res = _run(cmd)
+    if res["retcode"] != 0:
+        ret["result"] = False
+        ret["comment"] += f"; then {' '.join(cmd)} failed: {_failed(res)}"
+    else:
+        ret["comment"] += f"; then ran {' '.join(cmd)}"
+
+
+def _applied_iptables(ret, name, text, ignore_live=()):
     wanted = _ipt_tables(text)
     if not wanted:
         ret["comment"] = f"{name} has no table (no '*nat', '*filter' ... section)"
         return ret
     tables = ", ".join(wanted)
-    diff, error = _ipt_drift(wanted)
+    diff, error = _ipt_drift(wanted, ignore_live)
     if error:
         ret["comment"] = error
         return ret
@@ -265,7 +292,7 @@ def _applied_iptables(ret, name, text):
         return ret
     ret["result"] = True
     ret["comment"] = f"applied {name} with iptables-restore (tables {tables})"
-    after, error = _ipt_drift(wanted)
+    after, error = _ipt_drift(wanted, ignore_live)
     if error or after:
         # Applied, but the next run would apply it again: say why.
         ret["comment"] += (f"; WARNING: iptables-save does not print it back as written "

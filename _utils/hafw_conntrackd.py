@@ -28,6 +28,9 @@ DEFAULTS = {
     "ignore_addresses": [],
     "ignore_vips": True,
     "disable_external_cache": False,
+    # a node that is not primary drops packets without a conntrack entry; the
+    # hook opens it once the commit is done (docs/takeover.md)
+    "takeover_gate": True,
     # a (re)started node asks its peer for the whole external cache at once;
     # None: on for ftfw and notrack (alarm mode has no such option)
     "startup_resync": None,
@@ -92,6 +95,7 @@ def check(chk, path, raw, kernel, vrrp_ifaces, node_ifaces, nodes):
         chk.address([*path, "ignore_addresses", i], addr)
     chk.boolean([*path, "ignore_vips"], ctd["ignore_vips"])
     chk.boolean([*path, "disable_external_cache"], ctd["disable_external_cache"])
+    chk.boolean([*path, "takeover_gate"], ctd["takeover_gate"])
     if ctd["disable_external_cache"] and ctd["mode"] == "alarm":
         chk.fail([*path, "disable_external_cache"], "is not available in mode alarm (conntrackd refuses it)")
     if ctd["startup_resync"] is None:

@@ -263,6 +263,12 @@ def _derive(chk, view, me):
     out["firewall"] = None
     if view["firewall"]:
         out["firewall"] = hafw_netfilter.derive(view["firewall"], view, me, out.get("conntrackd"))
+    if out.get("conntrackd"):
+        ctd_out = out["conntrackd"]
+        ctd_out["gate_chain"] = out["firewall"]["gate_chain"] if out["firewall"] else ""
+        # the hook's per-step timeout must outlast the commit of a full table
+        # (measured: ~1 s per 100k entries; docs/takeover.md)
+        ctd_out["hook_timeout_s"] = max(10, -(-3 * view["kernel"]["nf_conntrack_max"] // 100000))
     out["selinux"] = {
         "module": bool(ctd),
         "booleans": merge({"domain_kernel_load_modules": True} if view["lvs"] else {},
@@ -282,6 +288,11 @@ def _sysctls(view):
     sysctl = {"net.ipv4.ip_forward": 1}
     if view["role"] == "firewall":
         sysctl["net.netfilter.nf_conntrack_max"] = view["kernel"]["nf_conntrack_max"]
+    if view["conntrackd"]:
+        # no pickup of mid-stream TCP packets: a connection lives on the new
+        # master only if it was replicated (a loose pickup re-NATs it wrong and
+        # hides a broken sync; measured in docs/takeover.md)
+        sysctl["net.netfilter.nf_conntrack_tcp_loose"] = 0
     sysctl.update(view["kernel"]["sysctl"])
     return sysctl
 

@@ -35,6 +35,8 @@ DEFAULTS = {
     "nat": [],
 }
 VRRP_MCAST = "224.0.0.18"
+GATE_CHAIN = "HAFW_GATE"
+GATE_JUMP = f"-A PREROUTING -j {GATE_CHAIN}"  # inserted and removed by the transition hook only
 
 
 # ---------------------------------------------------------------------------
@@ -172,14 +174,41 @@ def derive(fw, view, me, conntrackd):
         if spec["policy"] == "drop" and fw["log_dropped"]:
             rules.append({"proto": "all", "action": "log"})
         chains[chain] = {"policy": spec["policy"], "rules": rules}
+    gated = bool(conntrackd and conntrackd.get("takeover_gate") and fw["backend"] == "iptables")
     out = {"backend": fw["backend"], "chains": chains, "nat": fw["nat"],
-           "log_prefix": fw["log_prefix"], "log_level": fw["log_level"]}
+           "log_prefix": fw["log_prefix"], "log_level": fw["log_level"],
+           "gate": _gate_rules(view, me) if gated else None}
     out["iptables"] = render_iptables(out)
     out["nftables"] = render_nftables(out)
+    out["gate_chain"] = GATE_CHAIN if gated else ""
+    out["gate"] = bool(gated)
     # rule dicts hold IPv4Network objects; keep only the renderings and plain data
     out["chains"] = {c: {"policy": v["policy"], "rules": len(v["rules"])} for c, v in chains.items()}
     out["nat"] = len(fw["nat"])
     return out
+
+
+def _gate_rules(view, me):
+    """
+    The takeover gate (docs/takeover.md): while the hook's jump is in
+    mangle PREROUTING (on every node that is not primary), packets on the
+    VRRP interfaces that have no conntrack entry are dropped, so that no
+    packet of a replicated connection meets an empty table before the commit
+    (loose pickup with the wrong NAT, RST from the VIP, ICMP unreachable).
+    VRRP itself and the node's own addresses pass; other links (the sync
+    link, management) are not gated.
+    """
+    rules = [{"proto": "vrrp", "action": "return", "comment": "hafw: VRRP"}]
+    ifaces = view["node_ifaces"][me]
+    vrrp_ifaces = sorted({i["interface"] for i in view["vrrp"]["instances"]})
+    for ifname in vrrp_ifaces:
+        for addr in ifaces.get(ifname, []):
+            rules.append({"in": ifname, "dst": _net(addr.ip), "action": "return",
+                          "comment": "hafw: own address"})
+    for ifname in vrrp_ifaces:
+        rules.append({"in": ifname, "ctstate": "INVALID,NEW", "action": "drop",
+                      "comment": "hafw: closed until this node has committed the replicated states"})
+    return rules
 
 
 def _net(addr):
@@ -219,7 +248,8 @@ def _ipt_match(rule):
     if rule.get("ctstate"):
         parts.append(f"-m conntrack --ctstate {rule['ctstate']}")
     if rule.get("comment"):
-        parts.append('-m comment --comment "{}"'.format(rule["comment"].replace('"', "'")))
+        # quotes are dropped: iptables-save escapes them, and the file must stay canonical
+        parts.append('-m comment --comment "{}"'.format(re.sub("[\"']", "", rule["comment"])))
     return parts
 
 
@@ -241,7 +271,14 @@ def render_iptables(fw):
     for rule in fw["nat"]:
         chain = "PREROUTING" if rule["type"] == "dnat" else "POSTROUTING"
         lines.append(" ".join([f"-A {chain}", *_ipt_match(rule), _ipt_target(rule, fw)]))
-    lines += ["COMMIT", "*filter"]
+    lines.append("COMMIT")
+    if fw.get("gate"):
+        lines.append("*mangle")
+        lines += [f":{c} ACCEPT [0:0]" for c in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")]
+        lines.append(f":{GATE_CHAIN} - [0:0]")
+        lines += [" ".join([f"-A {GATE_CHAIN}", *_ipt_match(r), _ipt_target(r, fw)]) for r in fw["gate"]]
+        lines.append("COMMIT")
+    lines.append("*filter")
     lines += [f":{c.upper()} {fw['chains'][c]['policy'].upper()} [0:0]" for c in CHAINS]
     for chain in CHAINS:
         for rule in fw["chains"][chain]["rules"]:
@@ -281,7 +318,7 @@ def _nft_rule(rule, fw):
     else:
         parts.append(action)
     if rule.get("comment"):
-        parts.append('comment "{}"'.format(rule["comment"].replace('"', "'")))
+        parts.append('comment "{}"'.format(re.sub("[\"']", "", rule["comment"])))
     return " ".join(parts)
 
 

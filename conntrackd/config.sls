@@ -91,8 +91,13 @@ hafw-conntrackd-hook:
         config_path: {{ mapdata.config.path | json }}
         log_file: {{ mapdata.hook.log_file | json }}
         state_file: {{ mapdata.hook.state_file | json }}
-        timeout_s: {{ mapdata.hook.timeout_s | json }}
+        {#- the larger of the platform default and what a full table's commit needs #}
+        timeout_s: {{ [mapdata.hook.timeout_s, node.conntrackd.hook_timeout_s] | max | json }}
         start_if_down: {{ mapdata.hook.start_if_down | json }}
+        {#- the takeover gate (docs/takeover.md); empty: no gate #}
+        gate_chain: {{ node.conntrackd.gate_chain | json }}
+        gate_table: mangle
+        iptables_bin: {{ mapdata.hook.iptables_bin | json }}
     - require:
       - file: hafw-conntrackd-config-dirs
 

@@ -48,6 +48,16 @@ hafw-iptables-ruleset-applied:
   netfilter_ruleset.applied:
     - name: {{ conf.rules_file }}
     - backend: {{ backend }}
+{%- if node.firewall.gate %}
+    {#- the jump into the takeover gate belongs to the transition hook: it is
+        not drift, and after a restore (which drops it) the hook puts it back
+        on a node that is not primary (docs/takeover.md) #}
+    - ignore_live:
+      - {{ ("-A PREROUTING -j " ~ node.firewall.gate_chain) | json }}
+    - on_applied:
+      - {{ mapdata.gate_sync_hook | json }}
+      - gate-sync
+{%- endif %}
 {%- if backend == 'nftables' %}
     - family: {{ conf.family }}
     - table: {{ conf.table }}

@@ -168,6 +168,19 @@ def iptables_peer_openings(rules, peer, octet):
     }
 
 
+def iptables_takeover_gate(rules, own3, own8):
+    """Pairs: the takeover gate chain in mangle (docs/takeover.md); its jump is the hook's."""
+    closed = '-m comment --comment "hafw: closed until this node has committed the replicated states" -j DROP'
+    return rules | {
+        ":HAFW_GATE -",
+        '-A HAFW_GATE -p vrrp -m comment --comment "hafw: VRRP" -j RETURN',
+        f'-A HAFW_GATE -d {own3}/32 -i enp0s3 -m comment --comment "hafw: own address" -j RETURN',
+        f'-A HAFW_GATE -d {own8}/32 -i enp0s8 -m comment --comment "hafw: own address" -j RETURN',
+        f"-A HAFW_GATE -i enp0s3 -m conntrack --ctstate INVALID,NEW {closed}",
+        f"-A HAFW_GATE -i enp0s8 -m conntrack --ctstate INVALID,NEW {closed}",
+    }
+
+
 @pytest.mark.parametrize("node,script,path", [
     ("fw-cent7i", "iptables-cent7i-cent7j.sh", "/etc/iptables/rules.v4"),
     ("fw-cent7m", "iptables-cent7m.sh", "/etc/iptables/rules.v4"),
@@ -176,6 +189,7 @@ def test_iptables_ruleset(rendered, netns, node, script, path, tmp_path):
     want = iptables_conntrack_match(run_seed_script(netns, script))
     if node == "fw-cent7i":
         want = iptables_peer_openings(want, "fw-cent7j", 42)
+        want = iptables_takeover_gate(want, "192.168.0.41", "192.168.1.41")
     subprocess.run(["ip", "netns", "exec", netns, "iptables-restore",
                     str(rendered[node, "Debian"] / path.lstrip("/"))], check=True)
     got = saved_rules(netns)

@@ -84,7 +84,7 @@ def test_peer_only_openings(nodes):
     rules = nodes["fw-cent7i"]["firewall"]["iptables"].splitlines()
     assert ('-A INPUT -s 192.168.3.42/32 -i enp0s9 -p udp -m udp --dport 3780 '
             '-m comment --comment "hafw: conntrackd sync from peer" -j ACCEPT') in rules
-    vrrp = [r for r in rules if "-p vrrp" in r]
+    vrrp = [r for r in rules if "-p vrrp" in r and r.startswith("-A INPUT")]
     assert [r.split(" -m comment")[0] for r in vrrp] == [
         "-A INPUT -s 192.168.0.42/32 -d 224.0.0.18/32 -i enp0s3 -p vrrp",
         "-A INPUT -s 192.168.1.42/32 -d 224.0.0.18/32 -i enp0s8 -p vrrp",
@@ -95,6 +95,9 @@ def test_peer_only_openings(nodes):
 
 def test_sysctls_and_modules(nodes):
     assert nodes["fw-cent7i"]["kernel"]["sysctl"] == {
+        "net.ipv4.ip_forward": 1, "net.netfilter.nf_conntrack_max": 65536,
+        "net.netfilter.nf_conntrack_tcp_loose": 0}
+    assert nodes["fw-cent7m"]["kernel"]["sysctl"] == {
         "net.ipv4.ip_forward": 1, "net.netfilter.nf_conntrack_max": 65536}
     assert nodes["lb-cent7g"]["kernel"]["sysctl"] == {"net.ipv4.ip_forward": 1}
     assert nodes["lb-cent7g"]["kernel"]["modules"] == ["ip_vs", "ip_vs_lc"]
@@ -129,3 +132,36 @@ def test_output_is_plain_data(nodes):
     """Salt ships the result over msgpack/json: no ipaddress objects may leak."""
     for out in nodes.values():
         assert json.loads(json.dumps(out)) == out
+
+
+def test_takeover_gate_on_pairs_with_conntrackd(nodes):
+    """The gate chain exists; its jump is the hook's (never in the file)."""
+    fw = nodes["fw-cent7i"]["firewall"]
+    assert fw["gate"] and fw["gate_chain"] == "HAFW_GATE"
+    assert nodes["fw-cent7i"]["conntrackd"]["gate_chain"] == "HAFW_GATE"
+    mangle = fw["iptables"].split("*mangle\n")[1].split("COMMIT")[0].splitlines()
+    assert ":HAFW_GATE - [0:0]" in mangle
+    assert "-A PREROUTING -j HAFW_GATE" not in fw["iptables"]
+    drops = [r for r in mangle if r.endswith("-j DROP")]
+    assert [r.split(" -m conntrack")[0] for r in drops] == ["-A HAFW_GATE -i enp0s3", "-A HAFW_GATE -i enp0s8"]
+    assert "-A HAFW_GATE -d 192.168.0.41/32 -i enp0s3" in fw["iptables"]  # own address, not gated
+    assert "enp0s9" not in "\n".join(mangle)  # the sync link is never gated
+    assert not nodes["fw-cent7m"]["firewall"]["gate"] and "*mangle" not in nodes["fw-cent7m"]["firewall"]["iptables"]
+
+
+def test_takeover_gate_can_be_turned_off(pillar):
+    pillar["clusters"]["fw-pair"]["conntrackd"]["takeover_gate"] = False
+    node = hafw_model.node(pillar, "fw-cent7i")
+    assert node["conntrackd"]["gate_chain"] == "" and "*mangle" not in node["firewall"]["iptables"]
+
+
+def test_nftables_backend_has_no_gate(pillar):
+    pillar["clusters"]["fw-pair"]["firewall"]["backend"] = "nftables"
+    assert hafw_model.node(pillar, "fw-cent7i")["conntrackd"]["gate_chain"] == ""
+
+
+def test_hook_timeout_follows_the_table(pillar):
+    assert hafw_model.node(pillar, "fw-cent7i")["conntrackd"]["hook_timeout_s"] == 10
+    pillar["clusters"]["fw-pair"]["kernel"]["nf_conntrack_max"] = 1048576
+    pillar["clusters"]["fw-pair"]["conntrackd"]["hash_limit"] = 2097152
+    assert hafw_model.node(pillar, "fw-cent7i")["conntrackd"]["hook_timeout_s"] == 32
