@@ -1,120 +1,96 @@
 """
-make demo: the reference deployment, rendered and applied for real.
+make demo: the reference deployment as a live Salt fleet, and a failover
+under load that loses nothing.
 
-1. Renders every node of pillar.example (what `make render` shows) into
-   lab-report/rendered/<node>/.
-2. Builds three namespaced lab hosts on the seed's links (outside
-   192.168.0.0/24, inside 192.168.1.0/24, sync 192.168.3.0/24): the firewall
-   pair fw-cent7i/fw-cent7j and the standalone NAT firewall fw-cent7m.
-3. Applies the formula on each with a real masterless salt-call (repo as
-   file_roots, pillar.example unchanged), then again to show it is idempotent.
-4. Shows the pair at work: VRRP roles and VIPs, the live ruleset, and a
-   connection-tracking entry created on the master replicated to the backup.
-
-The full lab (salt-master, minions, traffic, failover) is the next step of
-the project; this demo is the formula-core stage and says so.
+1. Builds the lab (lab/topology.yaml): the firewall pair, the standalone NAT
+   firewall, clients, mail servers, a salt-master; converges the three
+   firewalls through the master (`salt '*fw*' state.apply`).
+2. Starts 250 flows (lab/flows.py): 150 inbound SMTP sessions through two
+   NATs, 50 TCP and 50 UDP outbound flows SNATed by the pair.
+3. Crashes the primary (links cut, every process killed), waits for the
+   backup to hold every VIP; reboots the crashed node, whose minion converges
+   it at start, and waits for it to take the VIPs back (preempt).
+4. Writes lab-report/report.json and lab-report/timeline.png, tears down.
 """
 
+import json
 import pathlib
 import sys
+import tempfile
 import time
 
+import yaml
+
 from lab import Lab
-from lab import salt as labsalt
-from tools.golden import render
+from lab.fleet import Fleet
+from lab.flows import Flows
+from lab.report import write_report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REPORT = REPO / "lab-report"
-HOSTS = ("fw-cent7i", "fw-cent7j", "fw-cent7m")
+PAIR_VIPS = 4
 
 
 def say(msg):
     print(f"demo: {msg}", flush=True)
 
 
-def wait_for(what, check, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.5)
-    say(f"timed out waiting for {what}")
-    return False
-
-
-def apply(host, name, label):
-    start = time.monotonic()
-    rc, result = labsalt.salt_call(host, "state.apply")
-    failed = labsalt.state_failures(result)
-    changes = labsalt.state_changes(result) if not failed else {}
-    say(f"{name}: {label}: {len(result)} states, {len(changes)} changed, {len(failed)} failed "
-        f"({time.monotonic() - start:.1f} s)")
-    if rc or failed:
-        for sid, comment in failed.items():
-            print(f"    {sid}: {comment}")
-        raise SystemExit(f"demo: state.apply failed on {name}")
-    return changes
+def lost_by_phase(result, failback_t_rel):
+    """Lost flows split by when their last reply came: before or after the failback."""
+    before = after = 0
+    for flow in result["flows"]:
+        if flow["lost_flow"]:
+            last = (flow.get("last_reply_ms") or 0) / 1000
+            before, after = (before + 1, after) if last < failback_t_rel else (before, after + 1)
+    return before, after
 
 
 def main():
-    pillar = labsalt.example_pillar()
-    say("1/4 rendering every node of pillar.example (make render)")
-    for node in sorted(n for c in pillar["hafw"]["clusters"].values() for n in c["nodes"]):
-        out = REPORT / "rendered" / node
-        render(node, "Debian", out)
-        files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-        say(f"  {node}: {len(files)} files ({', '.join('/' + f for f in files[:4])}, ...)")
+    started = time.monotonic()
+    advert = yaml.safe_load((REPO / "pillar.example").read_text())[
+        "hafw"]["clusters"]["fw-pair"]["vrrp"]["advert_int"]
+    with Lab() as lab, tempfile.TemporaryDirectory(prefix="hafw-demo-") as work:
+        fleet = Fleet(lab, say=lambda m: say("  " + m))
+        say("1/4 building the lab and converging the firewalls through the salt-master")
+        fleet.up()
+        setup_s = time.monotonic() - started
+        primary = max(("fw-cent7i", "fw-cent7j"), key=lambda n: len(fleet.vips(n)))
+        backup = "fw-cent7j" if primary == "fw-cent7i" else "fw-cent7i"
+        say(f"  ready in {setup_s:.0f} s: {primary} is primary, {backup} backup")
 
-    say("2/4 building lab hosts (network, mount, UTS and PID namespaces each)")
-    with Lab() as lab:
-        for switch in ("net3", "net8", "net9"):
-            lab.add_switch(switch)
-        hosts = {}
-        for name in HOSTS:
-            hosts[name] = lab.add_host(name)
-            for ifname, cidr in labsalt.node_interfaces(pillar, name).items():
-                lab.connect(hosts[name], ifname.replace("enp0s", "net"), ifname, cidr)
-            labsalt.configure_masterless(hosts[name], name, pillar)
-        say(f"  lab prefix {lab.prefix}: {', '.join(HOSTS)}")
+        say("2/4 starting 250 flows (150 inbound SMTP, 50 TCP + 50 UDP outbound)")
+        flows = Flows(fleet, pathlib.Path(work) / "flows")
+        flows.start(duration=75)
+        time.sleep(5)
 
-        say("3/4 state.apply on each host (masterless salt-call, pillar.example unchanged)")
-        for name, host in hosts.items():
-            apply(host, name, "first apply")
-        for name, host in hosts.items():
-            changes = apply(host, name, "second apply")
-            if changes:
-                raise SystemExit(f"demo: the second apply on {name} changed {sorted(changes)}")
+        say(f"3/4 crashing {primary}")
+        flows.mark(f"crash {primary}")
+        t_crash = time.monotonic()
+        fleet.crash(primary)
+        fleet.wait_vips(backup, PAIR_VIPS, timeout=20)
+        flows.mark(f"{backup} took over")
+        say(f"  {backup} holds the VIPs {time.monotonic() - t_crash:.1f} s after the crash")
+        time.sleep(8)
+        say(f"  rebooting {primary} (its minion runs a highstate at start)")
+        flows.mark(f"reboot {primary}")
+        fleet.reboot(primary)
+        fleet.wait_vips(primary, PAIR_VIPS, timeout=60)
+        flows.mark(f"{primary} took the VIPs back")
+        t_failback = time.time()
+        say(f"  {primary} is primary again")
 
-        say("4/4 the pair at work")
-        i, j = hosts["fw-cent7i"], hosts["fw-cent7j"]
-
-        pair_vips = [v.split("/")[0] for inst in pillar["hafw"]["clusters"]["fw-pair"]["vrrp"]["instances"].values()
-                     for v in inst["vips"]]
-
-        def vips(host):
-            addrs = host.exec(["ip", "-o", "-4", "addr"]).stdout
-            return [v for v in pair_vips if f" {v}/" in addrs]
-
-        wait_for("fw-cent7i to become master", lambda: len(vips(i)) == len(pair_vips), 30)
-        for name in ("fw-cent7i", "fw-cent7j"):
-            role = hosts[name].exec(["cat", "/run/conntrackd/hafw-role"], check=False).stdout.split()
-            say(f"  {name}: holds {len(vips(hosts[name]))} of {len(pair_vips)} VIPs {vips(hosts[name])}, "
-                f"last transition: {role[0] if role else 'none'}")
-        rules = i.exec(["iptables-save"]).stdout
-        say(f"  fw-cent7i ruleset: {rules.count('-A ')} rules, FORWARD policy "
-            f"{'DROP' if ':FORWARD DROP' in rules else 'ACCEPT'}")
-        # a forwarded connection's entry, created in the master's kernel table
-        i.exec(["conntrack", "-I", "-p", "tcp", "-s", "192.168.0.201", "-d", "192.168.1.60", "--sport", "40000",
-                "--dport", "25", "--state", "ESTABLISHED", "-u", "ASSURED", "-t", "300"])
-        conf = "/etc/conntrackd/conntrackd.conf"
-        replicated = wait_for("the entry on fw-cent7j", lambda: "dport=25" in j.exec(
-            ["conntrackd", "-C", conf, "-e"], check=False).stdout, 15)
-        say(f"  conntrack entry 192.168.0.201:40000 -> 192.168.1.60:25 created on fw-cent7i: "
-            f"{'replicated to' if replicated else 'NOT seen on'} fw-cent7j's external cache")
-        say("tearing the lab down")
-    say(f"done: rendered files in {REPORT / 'rendered'}")
-    say("next stage (issue 3): the full lab with a salt-master, 200 flows and a failover")
-    return 0 if replicated else 1
+        say("4/4 waiting for the flows to finish, writing the report")
+        result = flows.collect(timeout=120)
+    t_failback_rel = t_failback - result["summary"]["t0"]
+    lost_failover, lost_failback = lost_by_phase(result, t_failback_rel)
+    extra = {"flows": result["summary"]["flows"], "lost_failover": lost_failover,
+             "lost_failback": lost_failback, "max_gap_ms": result["summary"]["max_gap_ms"],
+             "vrrp_advert_int": advert, "setup_s": round(setup_s, 1),
+             "demo_s_after_setup": round(time.monotonic() - started - setup_s, 1)}
+    write_report(result, REPORT, extra)
+    say(f"report: {json.dumps(extra)}")
+    say(f"written: {REPORT / 'report.json'}, {REPORT / 'timeline.png'}")
+    return 0 if lost_failover == lost_failback == 0 else 1
 
 
 if __name__ == "__main__":
