@@ -247,7 +247,9 @@ def test_compiled_states(chunks):
     assert hook["context"] == {
         "conntrackd_bin": CONNTRACKD, "config_path": "/etc/conntrackd/conntrackd.conf",
         "log_file": "/var/log/hafw-conntrackd.log", "state_file": "/run/conntrackd/hafw-role",
-        "timeout_s": 10, "start_if_down": "no"}
+        "timeout_s": 10, "start_if_down": "no",
+        # the takeover gate (docs/takeover.md): the pair's iptables ruleset defines the chain
+        "gate_chain": "HAFW_GATE", "gate_table": "mangle", "iptables_bin": "/usr/sbin/iptables"}
     assert chunks["hafw-conntrackd-state-dir"]["name"] == "/run/conntrackd"
     assert "d /run/conntrackd 0755 root root -" in chunks[
         "hafw-conntrackd-state-dir-tmpfiles"]["contents"]

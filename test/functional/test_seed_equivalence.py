@@ -172,6 +172,7 @@ def iptables_takeover_gate(rules, own3, own8):
     """Pairs: the takeover gate chain in mangle (docs/takeover.md); its jump is the hook's."""
     closed = '-m comment --comment "hafw: closed until this node has committed the replicated states" -j DROP'
     return rules | {
+        ":FORWARD ACCEPT",  # mangle's built-in chains (nat already lists the other four)
         ":HAFW_GATE -",
         '-A HAFW_GATE -p vrrp -m comment --comment "hafw: VRRP" -j RETURN',
         f'-A HAFW_GATE -d {own3}/32 -i enp0s3 -m comment --comment "hafw: own address" -j RETURN',

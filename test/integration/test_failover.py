@@ -67,6 +67,23 @@ def crash_under_load(fleet, tmp_path, name):
     return result, primary, backup
 
 
+def gate_closed(fleet, name):
+    rules = fleet[name].exec(["iptables", "-t", "mangle", "-S", "PREROUTING"]).stdout
+    return "-A PREROUTING -j HAFW_GATE" in rules
+
+
+def test_takeover_gate_is_closed_on_the_backup_only(fleet):
+    """The hook owns the gate's jump: closed on the backup, open on the primary,
+    and a converge (which restores the ruleset) leaves it so (gate-sync)."""
+    primary, backup = primary_and_backup(fleet)
+    assert gate_closed(fleet, backup) and not gate_closed(fleet, primary)
+    fleet[backup].exec(["iptables", "-t", "mangle", "-A", "FORWARD", "-j", "ACCEPT"])  # drift
+    result = fleet.converge()
+    assert all(r["ok"] for r in result.values()), result
+    assert result[backup]["changed"], "the drift was not repaired"
+    assert gate_closed(fleet, backup) and not gate_closed(fleet, primary)
+
+
 def test_r1_primary_crash_loses_no_flow(fleet, tmp_path):
     result, primary, backup = crash_under_load(fleet, tmp_path, "r1")
     summary = result["summary"]

@@ -320,3 +320,57 @@ def test_nft_absent(loader, nft_file):
     assert ret["result"] is True and ret["changes"]["deleted"] == "table ip hafw"
     ret = loader(fake).absent(nft_file, backend="nftables")
     assert ret["result"] is True and ret["changes"] == {}
+
+
+# ---------------------------------------------------------------------------
+# the takeover gate's jump: owned by the transition hook, not drift
+# ---------------------------------------------------------------------------
+GATE_JUMP = "-A POSTROUTING -j HAFW_GATE"  # any live rule the file does not hold
+
+
+def with_foreign_rule(fake, table="nat", rule=GATE_JUMP):
+    text = fake.live[table]
+    fake.live[table] = text.replace("COMMIT", f"{rule}\nCOMMIT", 1)
+    return fake
+
+
+def test_ignored_live_rule_is_not_drift(loader, rules_file):
+    fake = with_foreign_rule(in_sync())
+    mod = loader(fake)
+    ret = mod.applied(rules_file, backend="iptables", ignore_live=[GATE_JUMP])
+    assert ret["result"] is True and ret["changes"] == {}
+    assert fake.ran("iptables-restore") == []
+    # the same live tables without ignore_live: drift, repaired by a restore
+    assert mod.applied(rules_file, backend="iptables")["changes"]
+    assert len(fake.ran("iptables-restore")) == 1
+
+
+def test_on_applied_runs_after_a_restore_only(loader, rules_file, tmp_path):
+    hook = tmp_path / "hook.sh"
+    hook.write_text("#!/bin/sh\n")
+    fake = FakeNetfilter()  # empty live tables: the file must be applied
+    mod = loader(fake)
+    ret = mod.applied(rules_file, backend="iptables", on_applied=[str(hook), "gate-sync"])
+    assert ret["result"] is True and ret["changes"]
+    assert fake.calls[-1][0] == [str(hook), "gate-sync"]
+    assert "then ran" in ret["comment"]
+    # in sync now: nothing applied, nothing run
+    calls = len(fake.calls)
+    ret = mod.applied(rules_file, backend="iptables", on_applied=[str(hook), "gate-sync"])
+    assert ret["changes"] == {} and not any(c[0][0] == str(hook) for c in fake.calls[calls:])
+
+
+def test_on_applied_missing_program_is_reported_not_run(loader, rules_file, tmp_path):
+    fake = FakeNetfilter()
+    ret = loader(fake).applied(rules_file, backend="iptables",
+                               on_applied=[str(tmp_path / "absent.sh"), "gate-sync"])
+    assert ret["result"] is True and "does not exist yet, not run" in ret["comment"]
+
+
+def test_on_applied_failure_fails_the_state(loader, rules_file, tmp_path):
+    hook = tmp_path / "hook.sh"
+    hook.write_text("#!/bin/sh\n")
+    fake = FakeNetfilter()
+    fake.fail[str(hook)] = (1, "iptables: No chain/target/match by that name.")
+    ret = loader(fake).applied(rules_file, backend="iptables", on_applied=[str(hook), "gate-sync"])
+    assert ret["result"] is False and "No chain/target/match" in ret["comment"]
