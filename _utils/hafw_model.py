@@ -178,7 +178,7 @@ def _check_subnets(chk, path, node_ifaces):
 
 
 def _index(pillar):
-    """Validate every cluster; return ({cluster: view}, {minion: cluster})."""
+    """Validate every cluster and derive every node; return {minion: derived settings}."""
     chk = Checker()
     clusters = {}
     for cname, raw in _clusters(chk, pillar).items():
@@ -191,12 +191,10 @@ def _index(pillar):
             owner[node] = cname
     hafw_vrrp.check_vrids_across(chk, clusters)
     chk.raise_if_any()  # derivation below relies on a structurally valid model
-    # per-node derivations can still find problems (overrides, priorities)
-    for view in clusters.values():
-        for node in view["nodes"]:
-            _derive(chk, view, node)
+    # per-node derivations can still find problems (overrides)
+    derived = {node: _derive(chk, clusters[cname], node) for node, cname in owner.items()}
     chk.raise_if_any()
-    return clusters, owner
+    return derived
 
 
 def validate(pillar):
@@ -211,13 +209,10 @@ def node(pillar, minion_id):
     A minion that belongs to no cluster gets ``{"id": ..., "cluster": None,
     "components": []}``: the formula then manages nothing on it.
     """
-    clusters, owner = _index(pillar)
-    if minion_id not in owner:
+    derived = _index(pillar)
+    if minion_id not in derived:
         return {"id": minion_id, "cluster": None, "role": None, "components": []}
-    chk = Checker()
-    out = _derive(chk, clusters[owner[minion_id]], minion_id)
-    chk.raise_if_any()
-    return out
+    return derived[minion_id]
 
 
 def _derive(chk, view, me):

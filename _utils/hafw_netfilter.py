@@ -177,11 +177,12 @@ def derive(fw, view, me, conntrackd):
     gated = bool(conntrackd and conntrackd.get("takeover_gate") and fw["backend"] == "iptables")
     out = {"backend": fw["backend"], "chains": chains, "nat": fw["nat"],
            "log_prefix": fw["log_prefix"], "log_level": fw["log_level"],
-           "gate": _gate_rules(view, me) if gated else None}
+           "gate_rules": _gate_rules(view, me) if gated else None}
     out["iptables"] = render_iptables(out)
     out["nftables"] = render_nftables(out)
     out["gate_chain"] = GATE_CHAIN if gated else ""
-    out["gate"] = bool(gated)
+    out["gate"] = gated
+    del out["gate_rules"]  # rule dicts hold IPv4Network objects: only the renderings leave
     # rule dicts hold IPv4Network objects; keep only the renderings and plain data
     out["chains"] = {c: {"policy": v["policy"], "rules": len(v["rules"])} for c, v in chains.items()}
     out["nat"] = len(fw["nat"])
@@ -272,11 +273,11 @@ def render_iptables(fw):
         chain = "PREROUTING" if rule["type"] == "dnat" else "POSTROUTING"
         lines.append(" ".join([f"-A {chain}", *_ipt_match(rule), _ipt_target(rule, fw)]))
     lines.append("COMMIT")
-    if fw.get("gate"):
+    if fw.get("gate_rules"):
         lines.append("*mangle")
         lines += [f":{c} ACCEPT [0:0]" for c in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")]
         lines.append(f":{GATE_CHAIN} - [0:0]")
-        lines += [" ".join([f"-A {GATE_CHAIN}", *_ipt_match(r), _ipt_target(r, fw)]) for r in fw["gate"]]
+        lines += [" ".join([f"-A {GATE_CHAIN}", *_ipt_match(r), _ipt_target(r, fw)]) for r in fw["gate_rules"]]
         lines.append("COMMIT")
     lines.append("*filter")
     lines += [f":{c.upper()} {fw['chains'][c]['policy'].upper()} [0:0]" for c in CHAINS]
