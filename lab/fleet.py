@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from . import saltmaster
+from .diagnose import vrrp_report
 from .lab import Lab
 from .names import LabError
 from .salt import example_pillar
@@ -232,7 +233,8 @@ class Fleet:
         start = time.monotonic()
         while len(self.vips(name)) != want:
             if time.monotonic() - start > timeout:
-                raise TimeoutError("%s holds %s, not %d VIPs, after %d s" % (name, self.vips(name), want, timeout))
+                raise TimeoutError("%s holds %s, not %d VIPs, after %d s\n%s"
+                                   % (name, self.vips(name), want, timeout, vrrp_report(self[name])))
             time.sleep(0.2)
         return time.monotonic() - start
 
@@ -247,7 +249,8 @@ class Fleet:
             settled = [0] * (len(members) - 1) + [len(vips)]  # one holds them all, the others none
             while sorted(len(self.vips(m)) for m in members) != settled:
                 if time.monotonic() > deadline:
-                    raise TimeoutError("no single VRRP master among %s" % members)
+                    raise TimeoutError("no single VRRP master among %s\n%s" % (
+                        members, "".join("-- %s\n%s" % (m, vrrp_report(self[m])) for m in members)))
                 time.sleep(0.2)
 
     def status(self):

@@ -44,6 +44,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from test.support.wait import wait_for
 from tools import golden
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,12 +182,6 @@ def run_check_cmd(check_cmd: str, candidate: Path) -> subprocess.CompletedProces
                           text=True, timeout=60)
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 # --------------------------------------------------------------------------

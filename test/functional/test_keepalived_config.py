@@ -38,6 +38,7 @@ import pytest
 import yaml
 
 from tools import golden
+from test.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PILLAR = REPO / "pillar.example"
@@ -94,12 +95,6 @@ def ipv4_addrs(ns: str, ifname: str) -> set[str]:
     return set(re.findall(r"inet (\S+)", out))
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def block(text: str, header: str) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lab import Lab, clean, netns
+from test.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIXES = []  # every run prefix this module made; none may be left at the end
@@ -23,12 +24,6 @@ def lab_namespaces(prefix):
     return [ns for ns in netns.list_netns() if ns.startswith(prefix)]
 
 
-def wait_for(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-        time.sleep(0.1)
 
 
 def pids_in_pid_namespace(host):
@@ -133,7 +128,7 @@ def test_kill_all_kills_every_process_of_the_host(lab):
     sleeper = host.popen(["sleep", "1000"])
     # Also one that left its parent, as daemons do: its parent is now the host's init.
     host.exec("setsid sleep 1001 >/dev/null 2>&1 &")
-    wait_for(lambda: len(host.pids()) >= 3, what="both sleeps")
+    wait_for(lambda: len(host.pids()) >= 3, 10, "both sleeps")
     doomed = pids_in_pid_namespace(host)
     assert len(doomed) >= 3
     host.kill_all()
@@ -192,7 +187,7 @@ def test_keepalived_init_script_starts_and_stops_in_a_host(lab):
     finally:
         a.exec(["/etc/init.d/keepalived", "stop"], check=False)
     wait_for(lambda: a.exec(["pgrep", "-x", "keepalived"], check=False).returncode == 1,
-             what="keepalived to stop")
+             10, "keepalived to stop")
 
 
 def test_clean_skips_a_live_run(lab):

@@ -19,6 +19,7 @@ import pytest
 from lab import Lab, netns
 from lab import traffic as traffic_cli
 from lab.report import write_report
+from test.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"PYTHONPATH": str(REPO)}
@@ -28,12 +29,6 @@ PREFIXES = []  # lab runs made here: none may be left at the end
 STARTED = []  # every Popen started here: all must have ended at the end
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-        time.sleep(0.05)
 
 
 def read(path):

@@ -1,0 +1,55 @@
+"""
+What a lab host's VRRP looks like from inside, for failure messages.
+
+keepalived logs to syslog, and the lab hosts have none (this machine has no
+/dev/log), so a timeout waiting for VIPs would otherwise say nothing about
+why. keepalived dumps its live state on SIGUSR1 to $TMPDIR/keepalived.data;
+we read the lines that explain an election (state, faults, interface,
+priority, last transition) and remove the files again.
+"""
+
+import re
+import time
+
+# the lines of an instance's block in keepalived.data that explain its state
+_INSTANCE_KEYS = ("State", "Wantstate", "Number of config faults", "Number of interface and track script faults",
+                  "Last transition", "Interface", "Effective priority", "Advert interval")
+_DUMPS = ("/tmp/keepalived.data", "/tmp/keepalived_parent.data")
+
+
+def vrrp_instances(host, wait=3.0):
+    """{instance: {key: value}} from a SIGUSR1 dump of the host's keepalived; {} if none runs."""
+    pid = host.exec(["pgrep", "-o", "-x", "keepalived"], check=False).stdout.strip()
+    if not pid:
+        return {}
+    host.exec(["rm", "-f", *_DUMPS], check=False)
+    host.exec(["kill", "-USR1", pid], check=False)
+    deadline = time.monotonic() + wait
+    text = ""
+    # the parent forwards the signal to its VRRP child, which writes the file
+    while "VRRP Topology" not in text and time.monotonic() < deadline:
+        time.sleep(0.2)
+        text = host.exec(["cat", _DUMPS[0]], check=False).stdout
+    host.exec(["rm", "-f", *_DUMPS], check=False)
+    instances, current = {}, None
+    for line in text.splitlines():
+        match = re.match(r"\s*VRRP Instance = (\S+)", line)
+        if match:
+            current = instances.setdefault(match.group(1), {})
+            continue
+        key, sep, value = line.strip().partition(" = ")
+        if current is not None and sep and key in _INSTANCE_KEYS:
+            current.setdefault(key, value)
+    return instances
+
+
+def vrrp_report(host):
+    """Links, addresses, keepalived processes and instance states, as text."""
+    parts = [
+        host.exec(["ip", "-br", "link"], check=False).stdout,
+        host.exec(["ip", "-br", "-4", "addr"], check=False).stdout,
+        host.exec(["pgrep", "-a", "keepalived"], check=False).stdout or "keepalived: not running\n",
+    ]
+    for name, fields in vrrp_instances(host).items():
+        parts.append("%s: %s\n" % (name, ", ".join("%s=%s" % item for item in fields.items())))
+    return "".join(parts)
