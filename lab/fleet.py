@@ -87,9 +87,11 @@ def load_topology(path=TOPOLOGY, pillar=None):
 class Fleet:
     """A lab run built from the topology, with a salt-master and minions."""
 
-    def __init__(self, lab, topology=None, say=None):
+    def __init__(self, lab, topology=None, say=None, pillar=None):
+        """pillar: the hafw pillar to serve (a dict); default pillar.example, unchanged."""
         self.lab = lab
-        self.topology = topology or load_topology()
+        self.pillar = pillar
+        self.topology = topology or load_topology(pillar=pillar)
         self.say = say or (lambda msg: None)
         self.timings = {}
         master = next(n for n, h in self.topology["hosts"].items() if h["master"])
@@ -156,7 +158,7 @@ class Fleet:
                 host.add_route(route["dest"], via=route["via"])
             if not spec["master"] and not spec["minion"]:
                 self.boot(name)
-        keys = saltmaster.configure_master(self.master, self.master_address, self.minions)
+        keys = saltmaster.configure_master(self.master, self.master_address, self.minions, self.pillar)
         for name in self.minions:
             saltmaster.configure_minion(self[name], name, self.master_address, keys[name])
 
@@ -178,6 +180,16 @@ class Fleet:
     def salt(self, *args, timeout=60):
         """`salt ARGS... --out json --static` on the master; the parsed output."""
         return saltmaster.salt(self.master, *args, timeout=timeout)
+
+    def set_pillar(self, pillar):
+        """Serve another hafw pillar (a dict; None: pillar.example); the next converge applies it.
+
+        The topology (addresses, VIPs) must stay what it was: only settings may change.
+        """
+        if load_topology(pillar=pillar) != self.topology:
+            raise LabError("the new pillar changes the lab's topology (addresses or VIPs)")
+        saltmaster.set_pillar(self.master, pillar)
+        self.pillar = pillar
 
     def wait_minions(self, minions=None, timeout=90):
         return saltmaster.wait_minions(self.master, minions or self.minions, timeout)

@@ -69,8 +69,10 @@ def daemon(host, argv, log):
                "daemon", log])
 
 
-def configure_master(host, address, minion_ids):
+def configure_master(host, address, minion_ids, pillar=None):
     """The salt host's /etc/salt: master config, pillar, and pre-seeded minion keys.
+
+    pillar: a dict to serve instead of pillar.example (see set_pillar).
 
     Returns {minion id: (private key PEM, public key PEM)} for configure_minion.
     """
@@ -89,13 +91,25 @@ def configure_master(host, address, minion_ids):
     }
     put(host, "/etc/salt/master", yaml.safe_dump(master))
     put(host, "/etc/salt/pillar/top.sls", "base:\n  '*':\n    - hafw\n")
-    host.exec(["ln", "-sfn", str(REPO / "pillar.example"), "/etc/salt/pillar/hafw.sls"])
+    set_pillar(host, pillar)
     gen = "/etc/salt/pki/gen"
     script = 'mkdir -p %s /etc/salt/pki/master/minions && for id; do "%s" --gen-keys="$id" ' \
              '--gen-keys-dir=%s --keysize=2048 >/dev/null && cp %s/"$id".pub /etc/salt/pki/master/minions/"$id"; done'
     host.exec(["sh", "-c", script % (gen, VENV_BIN / "salt-key", gen, gen), "keys", *minion_ids], timeout=120)
     return {mid: (host.exec(["cat", "%s/%s.pem" % (gen, mid)]).stdout,
                   host.exec(["cat", "%s/%s.pub" % (gen, mid)]).stdout) for mid in minion_ids}
+
+
+def set_pillar(host, pillar=None):
+    """Serve `pillar` (a dict) to every minion, or pillar.example itself if None.
+
+    Minions see it at their next pillar refresh (every state.apply does one).
+    """
+    if pillar is None:
+        host.exec(["ln", "-sfn", str(REPO / "pillar.example"), "/etc/salt/pillar/hafw.sls"])
+    else:
+        host.exec(["rm", "-f", "/etc/salt/pillar/hafw.sls"])
+        put(host, "/etc/salt/pillar/hafw.sls", yaml.safe_dump(pillar, sort_keys=False))
 
 
 def configure_minion(host, minion_id, master_address, key):

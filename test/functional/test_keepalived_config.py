@@ -37,8 +37,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tools import golden
 from test.support.wait import wait_for
+from tools import golden
 
 REPO = Path(__file__).resolve().parents[2]
 PILLAR = REPO / "pillar.example"
