@@ -61,9 +61,13 @@ class Flows:
                 _start(self.fleet[name], f"serve {args} --max-seconds {max_seconds}", log)
                 _wait_for(self.fleet[name], log, "ready", 15)
 
-    def start(self, duration, inbound=150, outbound=50, udp=50, rate=5.0):
-        """Start both clients; returns once every flow is connected."""
-        self.serve()
+    def start(self, duration, inbound=150, outbound=50, udp=50, rate=5.0, serve=True):
+        """Start both clients; returns once every flow is connected.
+
+        serve=False: the servers run already (started by another Flows).
+        """
+        if serve:
+            self.serve()
         common = f"--rate {rate} --duration {duration} --events {self.events}"
         runs = {"client1": f"--flows {inbound} --target {SMTP[0]}:{SMTP[1]}",
                 "mail-cent7b": f"--flows {outbound} --target {INTERNET}:{OUT_TCP} "

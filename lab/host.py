@@ -156,7 +156,23 @@ class Host:
         netns.link_up(self.netns, ifname)
 
     def link_down(self, ifname):
+        """`ip link set down` in the host: the interface and its routes go away."""
         netns.link_down(self.netns, ifname)
+
+    def _port(self, ifname):
+        for link in self.links:
+            if link["ifname"] == ifname:
+                return link["port"]
+        raise LabError("%s has no link %s" % (self.name, ifname))
+
+    def cable_out(self, ifname):
+        """Pull the cable: the switch port goes down, the host's interface stays
+        up with NO-CARRIER, and keeps its addresses and routes, as on hardware."""
+        netns.link_down(self.switch_ns, self._port(ifname))
+
+    def cable_in(self, ifname):
+        """Plug the cable back: carrier returns on the host's interface."""
+        netns.link_up(self.switch_ns, self._port(ifname))
 
     # --- life cycle ---
 

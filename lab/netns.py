@@ -106,7 +106,7 @@ def link_up(ns, ifname):
 
 
 def link_down(ns, ifname):
-    """Bring an interface down (a pulled cable as seen by the host)."""
+    """Bring an interface down (administratively: its routes go with it)."""
     ip(ns, "link", "set", ifname, "down")
 
 

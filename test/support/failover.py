@@ -1,0 +1,132 @@
+"""
+Failover scenarios on the live fleet (lab/fleet.py), shared by the
+integration tests: bring the firewall pair to a settled state, run the
+scenario's flows (lab/flows.py), do something to the pair while they run,
+and return the merged per-flow result (also saved in lab-report/failover/).
+"""
+
+import json
+import pathlib
+import re
+
+from lab.flows import Flows
+from test.support.wait import wait_for
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+REPORT = REPO / "lab-report" / "failover"
+PAIR = ("fw-cent7i", "fw-cent7j")
+PAIR_VIPS = 4
+DAEMONS = ("keepalived", "conntrackd")
+CONNTRACKD = ["conntrackd", "-C", "/etc/conntrackd/conntrackd.conf"]
+
+
+def running(fleet, name, daemon):
+    return fleet[name].running and fleet[name].exec(["pgrep", "-x", daemon], check=False).returncode == 0
+
+
+def role(fleet, name):
+    """What the transition hook last recorded on the node: primary, backup, fault, stop or ''."""
+    return fleet[name].exec(["cat", "/run/conntrackd/hafw-role"], check=False).stdout.split(" ")[0]
+
+
+def gate_closed(fleet, name):
+    rules = fleet[name].exec(["iptables", "-t", "mangle", "-S", "PREROUTING"]).stdout
+    return "-A PREROUTING -j HAFW_GATE" in rules
+
+
+def cache_counts(fleet, name):
+    """(internal, external): active objects in the node's conntrackd caches (-1: no answer)."""
+    out = fleet[name].exec([*CONNTRACKD, "-s", "cache"], check=False, timeout=20).stdout
+    counts = []
+    for cache in ("internal", "external"):
+        match = re.search(r"cache:%s\s+active objects:\s+(\d+)" % cache, out)
+        counts.append(int(match.group(1)) if match else -1)
+    return tuple(counts)
+
+
+def holder(fleet):
+    """The node holding every pair VIP, or None."""
+    for name in PAIR:
+        if len(fleet.vips(name)) == PAIR_VIPS:
+            return name
+    return None
+
+
+def settle(fleet, timeout=120):
+    """The steady pair: both nodes up with both daemons, one VRRP master, the
+    hooks done (role recorded, gate open on the primary only). Crashed nodes
+    are rebooted, stopped daemons started by a converge. Returns (primary, backup)."""
+    for name in PAIR:
+        if not fleet[name].running:
+            fleet.reboot(name)
+    if not all(running(fleet, n, d) for n in PAIR for d in DAEMONS):
+        result = fleet.converge()
+        assert all(r["ok"] for r in result.values()), result
+    fleet.wait_vrrp(timeout=timeout)
+    primary = holder(fleet)
+    backup = next(n for n in PAIR if n != primary)
+
+    def hooks_done():
+        return (role(fleet, primary) == "primary" and role(fleet, backup) == "backup"
+                and gate_closed(fleet, backup) and not gate_closed(fleet, primary))
+    wait_for(hooks_done, 60, "the hooks to settle on both nodes", 0.5,
+             lambda: "%s: %s, %s: %s" % (primary, role(fleet, primary), backup, role(fleet, backup)))
+    return primary, backup
+
+
+def preferred_primary(fleet, name="fw-cent7i", timeout=90):
+    """Wait until the node with the higher priority holds the VIPs again (preempt)."""
+    fleet.wait_vips(name, PAIR_VIPS, timeout=timeout)
+    return settle(fleet)
+
+
+class Scenario:
+    """Flows through the pair while a scenario's actions run; `work` is a scratch dir."""
+
+    def __init__(self, fleet, work, name):
+        self.fleet, self.name = fleet, name
+        self.flows = Flows(fleet, pathlib.Path(work) / "flows")
+        self.extra = []  # more Flows started during the scenario
+
+    def start(self, duration, **counts):
+        self.flows.start(duration=duration, **counts)
+        self.mark("flows running")
+        return self
+
+    def more_flows(self, work, duration, **counts):
+        """A second set of flows, started now (servers already run)."""
+        flows = Flows(self.fleet, pathlib.Path(work) / f"flows-{len(self.extra) + 1}")
+        flows.start(duration=duration, serve=False, **counts)
+        self.extra.append(flows)
+        return flows
+
+    def mark(self, label):
+        for flows in (self.flows, *self.extra):
+            flows.mark(label)
+
+    def takeover(self, node, timeout):
+        """Wait until `node` holds every VIP; mark it; the seconds it took."""
+        seconds = self.fleet.wait_vips(node, PAIR_VIPS, timeout=timeout)
+        self.mark(f"{node} holds the VIPs")
+        return seconds
+
+    def collect(self, timeout=120):
+        """Every set's result; the first set's summary is saved as lab-report/failover/NAME.json."""
+        results = [self.flows.collect(timeout)] + [f.collect(timeout) for f in self.extra]
+        REPORT.mkdir(parents=True, exist_ok=True)
+        (REPORT / f"{self.name}.json").write_text(json.dumps([r["summary"] for r in results], indent=1))
+        return results
+
+
+def assert_nothing_lost(*results):
+    """0 flows lost and 0 resets in every result."""
+    for result in results:
+        summary = result["summary"]
+        lost = [f["id"] for f in result["flows"] if f["lost_flow"] or f["reset"]]
+        assert summary["lost_flows"] == 0 and summary["resets"] == 0, (summary, lost[:10])
+
+
+def crash_and_take_over(fleet, scenario, primary, backup, timeout):
+    scenario.mark(f"crash {primary}")
+    fleet.crash(primary)
+    return scenario.takeover(backup, timeout)
