@@ -45,6 +45,8 @@ def vrrp_instances(host, wait=3.0):
 
 def vrrp_report(host):
     """Links, addresses, keepalived processes and instance states, as text."""
+    if not host.running:
+        return "%s is not running\n" % host.name
     parts = [
         host.exec(["ip", "-br", "link"], check=False).stdout,
         host.exec(["ip", "-br", "-4", "addr"], check=False).stdout,

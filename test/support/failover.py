@@ -18,6 +18,7 @@ PAIR = ("fw-cent7i", "fw-cent7j")
 PAIR_VIPS = 4
 DAEMONS = ("keepalived", "conntrackd")
 CONNTRACKD = ["conntrackd", "-C", "/etc/conntrackd/conntrackd.conf"]
+HOOK_LOG = "/var/log/hafw-conntrackd.log"
 
 
 def running(fleet, name, daemon):
@@ -52,13 +53,18 @@ def holder(fleet):
     return None
 
 
+def revive(fleet):
+    """Reboot the pair's crashed nodes (a converge would wait for them in vain)."""
+    for name in PAIR:
+        if not fleet[name].running:
+            fleet.reboot(name)
+
+
 def settle(fleet, timeout=120):
     """The steady pair: both nodes up with both daemons, one VRRP master, the
     hooks done (role recorded, gate open on the primary only). Crashed nodes
     are rebooted, stopped daemons started by a converge. Returns (primary, backup)."""
-    for name in PAIR:
-        if not fleet[name].running:
-            fleet.reboot(name)
+    revive(fleet)
     if not all(running(fleet, n, d) for n in PAIR for d in DAEMONS):
         result = fleet.converge()
         assert all(r["ok"] for r in result.values()), result
@@ -75,7 +81,8 @@ def settle(fleet, timeout=120):
 
 
 def preferred_primary(fleet, name="fw-cent7i", timeout=90):
-    """Wait until the node with the higher priority holds the VIPs again (preempt)."""
+    """settle(), then wait until the node with the higher priority holds the VIPs (preempt)."""
+    settle(fleet)
     fleet.wait_vips(name, PAIR_VIPS, timeout=timeout)
     return settle(fleet)
 
@@ -115,6 +122,13 @@ class Scenario:
         results = [self.flows.collect(timeout)] + [f.collect(timeout) for f in self.extra]
         REPORT.mkdir(parents=True, exist_ok=True)
         (REPORT / f"{self.name}.json").write_text(json.dumps([r["summary"] for r in results], indent=1))
+        # the scenario's events and both hooks' logs, to read a gap against
+        logs = ["".join(f"{e['t_rel']:8.3f} s  {e['label']}\n" for e in results[0]["events"])]
+        for name in PAIR:
+            if self.fleet[name].running:
+                logs.append(f"--- {name}: {HOOK_LOG}\n" + self.fleet[name].exec(["tail", "-n", "200", HOOK_LOG],
+                                                                                 check=False).stdout)
+        (REPORT / f"{self.name}.log").write_text("".join(logs))
         return results
 
 

@@ -1,0 +1,196 @@
+"""
+Failover after the replicated state was disturbed, and with other pillars,
+on a live fleet of its own (see test_failover.py for the flows and R1-R3).
+Its pillar is pillar.example with the formula's default VRRP timing (no
+advert_int or version for the pair), so that takeovers are quick. Every
+scenario runs 250 flows and asserts none was lost or reset.
+
+- R5: the backup's conntrackd restarts (empty external cache; StartupResync
+  asks the primary for its states), then the primary crashes.
+- R4: the sync cable is out for 10 s while old flows run and new ones start,
+  back in, then the primary crashes: what was missed must have been resent.
+- Config change under load: the pillar scales the table up (a conntrackd
+  and a kernel setting) and changes a keepalived setting; the converge
+  reloads keepalived and restarts conntrackd on both nodes while the flows
+  run; then the primary crashes, so the restarted daemons must replicate.
+- Race-free takeover: 100k extra entries on the primary (replicated to the
+  backup: the commit takes about a second) and a crash: 0 resets.
+- R6 with nopreempt: the crashed primary reboots and stays backup (no
+  failback); the operator then forces the failback by restarting keepalived
+  on the master.
+- R9: five failovers in 30 s (inside cable out and in on the preferred
+  node, preempt on).
+"""
+
+import copy
+import json
+import time
+
+import pytest
+
+from lab import Lab
+from lab.fleet import Fleet
+from lab.salt import example_pillar
+from lab.saltmaster import VENV_BIN
+from test.support.failover import (
+    PAIR_VIPS,
+    REPO,
+    Scenario,
+    assert_nothing_lost,
+    cache_counts,
+    crash_and_take_over,
+    preferred_primary,
+    revive,
+    role,
+    settle,
+)
+from test.support.wait import wait_for
+
+TAKEOVER_S = 10  # the default timing: 3 adverts + skew (a few seconds at most), plus room for a busy machine
+EXTRA_ENTRIES = 100_000
+
+pytestmark = pytest.mark.skipif(not (VENV_BIN / "salt-master").exists(), reason="run make setup first")
+
+
+def pair_pillar(**changes):
+    """pillar.example with the fw-pair cluster changed: {"vrrp": {...}, "conntrackd": {...}, ...}
+    (a None value removes the key); the VRRP timing is always the formula's default."""
+    pillar = copy.deepcopy(example_pillar())
+    pair = pillar["hafw"]["clusters"]["fw-pair"]
+    changes.setdefault("vrrp", {}).update(advert_int=None, version=None)
+    for section, values in changes.items():
+        for key, value in values.items():
+            if value is None:
+                pair[section].pop(key, None)
+            else:
+                pair[section][key] = value
+    return pillar
+
+
+BASE = pair_pillar()
+# a bigger table (room for the race test's 100k extra entries) and a keepalived change
+SCALED = pair_pillar(kernel={"nf_conntrack_max": 131072}, conntrackd={"hash_limit": 262144},
+                     vrrp={"garp_master_delay": 2})
+# the same, with nopreempt (the race test's entries are still in the table)
+NOPREEMPT = pair_pillar(kernel={"nf_conntrack_max": 131072}, conntrackd={"hash_limit": 262144},
+                        vrrp={"garp_master_delay": 2, "preempt": False})
+
+
+def apply_pillar(fleet, pillar):
+    """Serve the pillar and converge the firewalls (if it is not served already)."""
+    if fleet.pillar != pillar:
+        revive(fleet)
+        fleet.set_pillar(pillar)
+        result = fleet.converge()
+        assert all(r["ok"] for r in result.values()), result
+        return result
+    return None
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    with Lab() as lab:
+        fleet = Fleet(lab, pillar=BASE)
+        fleet.up()
+        yield fleet
+
+
+def test_r5_backup_conntrackd_restart_then_failover(fleet, tmp_path):
+    primary, backup = preferred_primary(fleet)
+    scenario = Scenario(fleet, tmp_path, "r5-backup-conntrackd-restart").start(duration=25)
+    scenario.mark(f"restart conntrackd on {backup}")
+    fleet[backup].exec(["/etc/init.d/conntrackd", "restart"])
+    time.sleep(3)
+    crash_and_take_over(fleet, scenario, primary, backup, TAKEOVER_S)
+    (result,) = scenario.collect()
+    assert_nothing_lost(result)
+
+
+def test_r4_sync_cable_out_and_in_then_failover(fleet, tmp_path):
+    primary, backup = preferred_primary(fleet)
+    scenario = Scenario(fleet, tmp_path, "r4-sync-cable").start(duration=40)
+    scenario.mark(f"{primary}: sync cable (enp0s9) out")
+    fleet[primary].cable_out("enp0s9")
+    # flows born while the backup hears nothing of them
+    scenario.more_flows(tmp_path, duration=32, inbound=30, outbound=10, udp=10)
+    scenario.mark("new flows running")
+    time.sleep(10)
+    scenario.mark(f"{primary}: sync cable in")
+    fleet[primary].cable_in("enp0s9")
+    time.sleep(5)
+    crash_and_take_over(fleet, scenario, primary, backup, TAKEOVER_S)
+    old, new = scenario.collect()
+    assert new["summary"]["flows"] == 50
+    assert_nothing_lost(old, new)
+
+
+def test_r9_five_failovers_in_30_s(fleet, tmp_path):
+    apply_pillar(fleet, BASE)
+    primary, backup = preferred_primary(fleet)
+    scenario = Scenario(fleet, tmp_path, "r9-five-failovers").start(duration=40)
+    start = time.monotonic()
+    for n in range(5):
+        if n % 2 == 0:
+            scenario.mark(f"failover {n + 1}: {primary} inside cable out")
+            fleet[primary].cable_out("enp0s8")
+            scenario.takeover(backup, 10)
+        else:
+            scenario.mark(f"failover {n + 1}: {primary} inside cable in (preempt)")
+            fleet[primary].cable_in("enp0s8")
+            scenario.takeover(primary, 10)
+    five = time.monotonic() - start
+    fleet[primary].cable_in("enp0s8")
+    (result,) = scenario.collect()
+    assert five <= 30, f"five failovers took {five:.1f} s"
+    assert_nothing_lost(result)
+
+
+def test_config_change_under_load_loses_no_flow(fleet, tmp_path):
+    primary, backup = preferred_primary(fleet)
+    scenario = Scenario(fleet, tmp_path, "config-change").start(duration=45)
+    scenario.mark("converge the changed pillar")
+    result = apply_pillar(fleet, SCALED)
+    scenario.mark("converged")
+    for node in (primary, backup):
+        assert {"hafw-keepalived-config", "hafw-conntrackd-config"} <= set(result[node]["changed"]), result[node]
+    assert fleet.vips(primary) != [] and fleet.vips(backup) == [], "the reload moved the VIPs"
+    time.sleep(8)
+    crash_and_take_over(fleet, scenario, primary, backup, TAKEOVER_S)
+    (result,) = scenario.collect()
+    assert_nothing_lost(result)
+
+
+def test_race_free_takeover_with_100k_extra_entries(fleet, tmp_path):
+    apply_pillar(fleet, SCALED)
+    primary, backup = preferred_primary(fleet)
+    fill = fleet[primary].exec(["sh", "-c", f"cd {REPO} && exec .venv/bin/python -m lab.ctfill "
+                                            f"{EXTRA_ENTRIES} --timeout 600"], timeout=120)
+    assert json.loads(fill.stdout)["errors"] == {}, fill.stdout
+    wait_for(lambda: cache_counts(fleet, backup)[1] >= EXTRA_ENTRIES, 90,
+             f"{backup}'s external cache to hold the {EXTRA_ENTRIES} entries", 1,
+             lambda: f"caches of {backup}: {cache_counts(fleet, backup)}")
+    scenario = Scenario(fleet, tmp_path, "race-100k").start(duration=20)
+    crash_and_take_over(fleet, scenario, primary, backup, TAKEOVER_S)
+    (result,) = scenario.collect()
+    assert_nothing_lost(result)
+    committed = int(fleet[backup].exec(["conntrack", "-C"]).stdout)
+    assert committed >= EXTRA_ENTRIES, f"{backup} committed only {committed} entries"
+
+
+def test_r6_nopreempt_no_failback_then_forced_failback(fleet, tmp_path):
+    apply_pillar(fleet, NOPREEMPT)
+    primary, backup = settle(fleet)
+    fleet.crash(primary)
+    fleet.wait_vips(backup, PAIR_VIPS, timeout=TAKEOVER_S)
+    scenario = Scenario(fleet, tmp_path, "r6-nopreempt").start(duration=40)
+    scenario.mark(f"reboot {primary}")
+    highstate = fleet.reboot(primary)
+    assert highstate["ok"], highstate
+    wait_for(lambda: role(fleet, primary) == "backup", 30, f"{primary} to come back as backup")
+    time.sleep(5)
+    assert fleet.vips(primary) == [] and len(fleet.vips(backup)) == PAIR_VIPS, "nopreempt failed back"
+    scenario.mark(f"restart keepalived on {backup}: forced failback")
+    fleet[backup].exec(["/etc/init.d/keepalived", "restart"])
+    scenario.takeover(primary, TAKEOVER_S)
+    (result,) = scenario.collect()
+    assert_nothing_lost(result)
