@@ -75,6 +75,7 @@ class Flows:
         for name, args in runs.items():
             out, log = self.work / f"{name}.json", self.work / f"{name}.log"
             out.unlink(missing_ok=True)
+            log.write_text("")  # "connected" must come from this run
             _start(self.fleet[name], f"run {args} {common} --out {out}", log)
             self.clients[name] = (out, log)
         for name, (_, log) in self.clients.items():

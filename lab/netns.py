@@ -158,7 +158,7 @@ def descendants(pid):
         parent = todo.pop(0)
         try:
             children = Path("/proc/%d/task/%d/children" % (parent, parent)).read_text()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # exited meanwhile (ESRCH while it exits)
             continue
         found += [int(c) for c in children.split()]
         todo += [int(c) for c in children.split()]
@@ -179,5 +179,5 @@ def is_zombie(pid):
     """True if pid has exited (a zombie not yet reaped, or gone)."""
     try:
         return Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return True

@@ -121,7 +121,13 @@ class Scenario:
         """Every set's result; the first set's summary is saved as lab-report/failover/NAME.json."""
         results = [self.flows.collect(timeout)] + [f.collect(timeout) for f in self.extra]
         REPORT.mkdir(parents=True, exist_ok=True)
-        (REPORT / f"{self.name}.json").write_text(json.dumps([r["summary"] for r in results], indent=1))
+        summaries = []
+        for result in results:
+            # UDP shows the outage itself; TCP adds its retransmission backoff
+            by_proto = {p: max((f["max_gap_ms"] for f in result["flows"] if f["proto"] == p), default=None)
+                        for p in ("tcp", "udp")}
+            summaries.append({**result["summary"], **{f"max_gap_ms_{p}": gap for p, gap in by_proto.items()}})
+        (REPORT / f"{self.name}.json").write_text(json.dumps(summaries, indent=1))
         # the scenario's events and both hooks' logs, to read a gap against
         logs = ["".join(f"{e['t_rel']:8.3f} s  {e['label']}\n" for e in results[0]["events"])]
         for name in PAIR:
