@@ -48,6 +48,6 @@ lab-clean: setup
 
 bench: setup
 	@if [ -f bench/__main__.py ]; then $(PY) -m bench; exit; fi; \
-	scripts=$$(ls bench/*.py 2>/dev/null | grep -v '/__init__.py$$' || true); \
+	scripts=$$(ls bench/*.py 2>/dev/null | grep -v '/_[^/]*\.py$$' || true); \
 	if [ -z "$$scripts" ]; then echo "bench: no bench/*.py scripts yet"; exit 0; fi; \
 	for s in $$scripts; do echo "== $$s"; $(PY) $$s; done

@@ -59,10 +59,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _util import hook_time, wait_for  # noqa: E402
+
 from lab.ctfill import extra_tuple, fill  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -425,19 +426,6 @@ def sh(host, cmd, timeout=30, check=True):
     return host.exec(["sh", "-c", cmd], timeout=timeout, check=check).stdout
 
 
-def wait_for(what, fn, timeout, step=0.1):
-    """Poll fn() until truthy; bounded by time and count."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 2):
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            break
-        time.sleep(step)
-    raise TimeoutError("timed out after %.0fs waiting for %s" % (timeout, what))
-
-
 def has_vip(host):
     return VIP_SNAT in sh(host, "ip -4 -br addr show dev enp0s3", check=False)
 
@@ -506,11 +494,9 @@ def parse_log_times(text):
         m = re.match(r"(\S+T\S+?)([+-]\d{4}) ", line)
         if not m:
             continue
-        try:
-            t = datetime.strptime(m.group(1) + m.group(2), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
-        except ValueError:
-            continue
-        out.append((t, line))
+        t = hook_time(m.group(1), m.group(2))
+        if t is not None:
+            out.append((t, line))
     return out
 
 

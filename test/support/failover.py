@@ -69,15 +69,20 @@ def settle(fleet, timeout=120):
         result = fleet.converge()
         assert all(r["ok"] for r in result.values()), result
     fleet.wait_vrrp(timeout=timeout)
-    primary = holder(fleet)
-    backup = next(n for n in PAIR if n != primary)
+    pair = {}
 
     def hooks_done():
+        # the holder is read again each time: at start-up the VIPs may still move (preempt)
+        primary = holder(fleet)
+        if primary is None:
+            return False
+        backup = next(n for n in PAIR if n != primary)
+        pair.update(primary=primary, backup=backup)
         return (role(fleet, primary) == "primary" and role(fleet, backup) == "backup"
                 and gate_closed(fleet, backup) and not gate_closed(fleet, primary))
     wait_for(hooks_done, 60, "the hooks to settle on both nodes", 0.5,
-             lambda: "%s: %s, %s: %s" % (primary, role(fleet, primary), backup, role(fleet, backup)))
-    return primary, backup
+             lambda: ", ".join("%s: %s, %d VIPs" % (n, role(fleet, n), len(fleet.vips(n))) for n in PAIR))
+    return pair["primary"], pair["backup"]
 
 
 def preferred_primary(fleet, name="fw-cent7i", timeout=90):
