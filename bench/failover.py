@@ -69,7 +69,6 @@ import sys
 import tempfile
 import time
 import traceback
-from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -77,17 +76,20 @@ import yaml
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
-from _util import hook_time, wait_for  # noqa: E402
+sys.path.insert(0, str(REPO / "_utils"))  # the formula's model, plain Python
+import hafw_model  # noqa: E402
+from _util import hook_time  # noqa: E402
 
 from lab import Lab  # noqa: E402
+from lab.diagnose import conntrack_count, conntrackd_caches, gate_closed  # noqa: E402
 from lab.fleet import Fleet  # noqa: E402
 from lab.flows import INTERNET, OUT_TCP, OUT_UDP, PYTHON, Flows  # noqa: E402
+from lab.wait import wait_for  # noqa: E402
 
 RESULTS = HERE / "results" / "failover.json"
 CLUSTER = "fw-pair"
 PRIMARY, BACKUP = "fw-cent7i", "fw-cent7j"
 HOOK_LOG = "/var/log/hafw-conntrackd.log"
-CTD_CONF = "/etc/conntrackd/conntrackd.conf"
 SYSCTL = Path("/proc/sys/net/netfilter")
 SYSCTL_NOTE = Path("/run/hafw-bench-failover.sysctl.json")
 
@@ -145,22 +147,14 @@ def make_pillar(version, advert, entries=0):
     return pillar
 
 
-def backup_priority(pillar):
-    """fw-cent7j's priority as the model derives it (docs/pillar.md: priority - index x step)."""
-    pair = pillar["hafw"]["clusters"][CLUSTER]
-    vrrp, nodes = pair["vrrp"], list(pair["nodes"])
-    own = pair["nodes"][BACKUP] or {}
-    return own.get("priority", vrrp.get("priority", 100) - nodes.index(BACKUP) * vrrp.get("priority_step", 10))
+def backup_node(pillar):
+    """fw-cent7j as the formula's model derives it from the pillar (priority, hook timeout...)."""
+    return hafw_model.node(pillar["hafw"], BACKUP)
 
 
 def floor_s(advert, priority):
     """VRRP master-down interval: 3 x advert + skew (RFC 5798; keepalived uses it for v2 too)."""
     return 3 * advert + (256 - priority) / 256 * advert
-
-
-def hook_timeout_s(ct_max):
-    """The hook's per-step timeout as the model derives it (_utils/hafw_model.py)."""
-    return max(10, -(-3 * ct_max // 100000))
 
 
 # ---------------------------------------------------------------------------
@@ -251,7 +245,7 @@ LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)([+-]\d{4}) hafw-c
 
 
 def hook_lines(host):
-    """[(epoch, pid, transition, text)] of the node's hook log (/var survives reboots)."""
+    """[(epoch, pid, level, transition, text)] of the node's hook log (/var survives reboots)."""
     if not host.running:
         return []
     out = []
@@ -261,7 +255,7 @@ def hook_lines(host):
             continue
         t = hook_time(m.group(1), m.group(2))
         if t is not None:
-            out.append((t, int(m.group(3)), m.group(5), m.group(6)))
+            out.append((t, int(m.group(3)), m.group(4), m.group(5), m.group(6)))
     return out
 
 
@@ -269,7 +263,7 @@ def hook_run(host, transition, since):
     """The first `transition` hook run that began after `since` (epoch):
     {begin, steps: {name: {ms, rc, at}}, done, total_ms}, or None."""
     run, pid = None, None
-    for t, p, trans, text in hook_lines(host):
+    for t, p, _, trans, text in hook_lines(host):
         if run is None:
             if trans == transition and t >= since and text.startswith("begin"):
                 run, pid = {"begin": t, "steps": {}, "done": None, "total_ms": None}, p
@@ -289,7 +283,7 @@ def hook_run(host, transition, since):
 
 def transitions_between(host, t0, t1):
     """Hook runs (every VRRP transition of the sync group runs one) begun in [t0, t1]."""
-    return [(round(t, 3), trans) for t, _, trans, text in hook_lines(host)
+    return [(round(t, 3), trans) for t, _, _, trans, text in hook_lines(host)
             if t0 <= t <= t1 and text.startswith("begin") and trans in ("primary", "backup", "fault", "stop")]
 
 
@@ -297,7 +291,7 @@ def hooks_idle(host, since):
     """True when every hook run begun after `since` (the host's last boot: a crash
     kills a running hook, which then never logs its end) has logged its end."""
     open_pids = set()
-    for t, pid, _, text in hook_lines(host):
+    for t, pid, _, _, text in hook_lines(host):
         if t < since:
             continue
         if text.startswith("begin"):
@@ -307,26 +301,10 @@ def hooks_idle(host, since):
     return not open_pids
 
 
-def gate_closed(host):
-    return "-j HAFW_GATE" in sh(host, "iptables -w 5 -t mangle -S PREROUTING")
-
-
-def ct_count(host):
-    out = sh(host, "cat /proc/sys/net/netfilter/nf_conntrack_count").strip()
-    return int(out) if out.isdigit() else -1
-
-
 def extra_count(host, timeout=120):
     """lab.ctfill's entries (-> 172.31.0.1:443) in the host's kernel table."""
     out = sh(host, "conntrack -L -p tcp -d 172.31.0.1 --dport 443 2>/dev/null | wc -l", timeout=timeout).strip()
     return int(out) if out.isdigit() else -1
-
-
-def ctd_cache(host):
-    """(internal, external) active objects of the host's conntrackd; -1 if it does not answer."""
-    out = sh(host, "conntrackd -C %s -s cache 2>/dev/null" % CTD_CONF, timeout=30)
-    found = [re.search(r"cache:%s\s+active objects:\s+(\d+)" % kind, out) for kind in ("internal", "external")]
-    return tuple(int(m.group(1)) if m else -1 for m in found)
 
 
 def labs_alive():
@@ -373,10 +351,10 @@ class Probe:
             args += " --udp-flows %d --udp-target %s:%d" % (self.udp, INTERNET, OUT_UDP)
         cmd = "cd %s && exec %s -m lab.traffic run %s </dev/null >>%s 2>&1" % (REPO, PYTHON, args, log)
         self.host.exec(["sh", "-c", cmd + " &"])
-        wait_for("probe connected", lambda: log.exists() and "connected" in log.read_text(), 30)
+        wait_for(lambda: log.exists() and "connected" in log.read_text(), 30, "probe connected")
 
     def collect(self, timeout):
-        wait_for("probe result", self.out.exists, timeout, step=0.5)
+        wait_for(self.out.exists, timeout, "probe result", interval=0.5)
         return json.loads(self.out.read_text())
 
 
@@ -456,7 +434,9 @@ class Scenario:
         self.mix, self.rate, self.probe, self.args = mix, rate, probe, args
         self.pillar = make_pillar(version, advert, entries)
         self.ct_max = self.pillar["hafw"]["clusters"][CLUSTER]["kernel"]["nf_conntrack_max"]
-        self.priority = backup_priority(self.pillar)
+        backup = backup_node(self.pillar)
+        self.priority = backup["vrrp"]["priority"]
+        self.hook_timeout_s = backup["conntrackd"]["hook_timeout_s"]
         self.floor = floor_s(advert, self.priority)
         self.commit_budget = COMMIT_S_PER_100K * entries / 100000
         # after the crash: the outage, then room for TCP's retransmission backoff and the stall rule
@@ -470,43 +450,16 @@ class Scenario:
         return {"part": self.part, "scenario": self.name, "run": run, "quick": self.args.quick,
                 "vrrp_version": self.version, "advert_int": self.advert, "backup_priority": self.priority,
                 "floor_ms": round(self.floor * 1000, 1), "entries": self.entries,
-                "nf_conntrack_max": self.ct_max, "hook_timeout_s": hook_timeout_s(self.ct_max),
+                "nf_conntrack_max": self.ct_max, "hook_timeout_s": self.hook_timeout_s,
                 "batch": self.args.batch, "commit": self.args.commit, "load1": round(os.getloadavg()[0], 2),
                 "labs_alive": labs_alive()}
 
 
-def crash(fleet, name):
-    """fleet.crash(name); once more if it raised ProcessLookupError: lab/netns.py's
-    is_zombie() reads /proc/PID/stat of a process that may be reaped meanwhile (ESRCH,
-    not FileNotFoundError).  The SIGKILL was sent; the second call finishes the
-    bookkeeping.  Returns True if it had to retry."""
-    try:
-        fleet.crash(name)
-        return False
-    except ProcessLookupError:
-        fleet.crash(name)
-        return True
-
-
 def problems_logged(fleet, since):
     """The hook's warning and error lines on both nodes since `since` (what went wrong, if anything)."""
-    out = {}
-    for name in (PRIMARY, BACKUP):
-        host = fleet[name]
-        text = sh(host, "cat %s 2>/dev/null" % HOOK_LOG, timeout=30) if host.running else ""
-        lines = []
-        for line in text.splitlines():
-            m = LOG_LINE.match(line)
-            if not m or m.group(4) == "info":
-                continue
-            try:
-                t = datetime.strptime(m.group(1) + m.group(2), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
-            except ValueError:
-                continue
-            if t >= since:
-                lines.append("+%.1fs %s: %s" % (t - since, m.group(5), m.group(6)[:300]))
-        out[name] = lines[-12:]
-    return out
+    return {name: ["+%.1fs %s: %s" % (t - since, trans, text[:300])
+                   for t, _, level, trans, text in hook_lines(fleet[name]) if level != "info" and t >= since][-12:]
+            for name in (PRIMARY, BACKUP)}
 
 
 def settle(fleet, boots, timeout=90):
@@ -514,10 +467,10 @@ def settle(fleet, boots, timeout=90):
     closed, no hook still running on either node (boots: {host: epoch of its last boot})."""
     fleet.wait_vips(PRIMARY, timeout=timeout)
     fleet.wait_vrrp(timeout=timeout)
-    wait_for("the gate closed on %s only" % BACKUP,
-             lambda: gate_closed(fleet[BACKUP]) and not gate_closed(fleet[PRIMARY]), 30)
-    wait_for("no hook running", lambda: all(hooks_idle(fleet[n], boots[n]) for n in (PRIMARY, BACKUP)),
-             timeout, step=0.5)
+    wait_for(lambda: gate_closed(fleet[BACKUP]) and not gate_closed(fleet[PRIMARY]), 30,
+             "the gate closed on %s only" % BACKUP)
+    wait_for(lambda: all(hooks_idle(fleet[n], boots[n]) for n in (PRIMARY, BACKUP)), timeout,
+             "no hook running", interval=0.5)
 
 
 def quiesce(fleet, sc, res, timeout=150):
@@ -530,17 +483,18 @@ def quiesce(fleet, sc, res, timeout=150):
         return
     t0 = time.time()
     limit = 5000 + sc.entries // 100
-    stale = ct_count(fleet[BACKUP])
+    stale = conntrack_count(fleet[BACKUP])
     res["backup_kernel_at_start"] = stale
     if stale > limit:
         say("  waiting for %s to purge %d stale entries (PurgeTimeout)" % (BACKUP, stale))
         try:
-            wait_for("%s's table purged" % BACKUP, lambda: ct_count(fleet[BACKUP]) <= limit, timeout, step=2.0)
+            wait_for(lambda: conntrack_count(fleet[BACKUP]) <= limit, timeout, "%s's table purged" % BACKUP,
+                     interval=2.0)
         except TimeoutError:
             res["quiesce_timeout"] = True
     last = None
     for _ in range(30):
-        now = (ctd_cache(fleet[PRIMARY]), ctd_cache(fleet[BACKUP]), ct_count(fleet[PRIMARY]))
+        now = (conntrackd_caches(fleet[PRIMARY]), conntrackd_caches(fleet[BACKUP]), conntrack_count(fleet[PRIMARY]))
         if now == last:
             break
         last = now
@@ -562,20 +516,20 @@ def prepare_table(fleet, sc, res):
                            timeout=n / sc.args.fill_rate * 2 + 120).stdout
         res["fill"] = json.loads(out)
     if n:
-        wait_for("%s's external cache >= %d" % (BACKUP, n), lambda: ctd_cache(backup)[1] >= n,
-                 n / 10000 + 60, step=1.0)
-        last = ctd_cache(backup)[1]
+        wait_for(lambda: conntrackd_caches(backup)[1] >= n, n / 10000 + 60, "%s's external cache >= %d" % (BACKUP, n),
+                 interval=1.0)
+        last = conntrackd_caches(backup)[1]
         for _ in range(30):  # then until it stops growing (the sync has caught up)
             time.sleep(1.0)
-            now = ctd_cache(backup)[1]
+            now = conntrackd_caches(backup)[1]
             if now == last:
                 break
             last = now
         res["sync_s"] = round(time.time() - t0, 1)
     res["primary_extra"] = extra_count(primary) if n else 0
-    res["primary_kernel"] = ct_count(primary)
-    res["backup_external"] = ctd_cache(backup)[1]
-    res["backup_kernel"] = ct_count(backup)
+    res["primary_kernel"] = conntrack_count(primary)
+    res["backup_external"] = conntrackd_caches(backup)[1]
+    res["backup_kernel"] = conntrack_count(backup)
 
 
 def failover(fleet, flows, probe, sc, res):
@@ -586,15 +540,14 @@ def failover(fleet, flows, probe, sc, res):
     res["backup_gate_closed"] = gate_closed(fleet[BACKUP])
     time.sleep(max(0.0, t_ready + args.pre - time.time()))
     t_crash = time.time()
-    res["crash_retried"] = crash(fleet, PRIMARY)
+    fleet.crash(PRIMARY)
     res["crash_call_s"] = round(time.time() - t_crash, 3)
     flows.mark("crash %s" % PRIMARY)
     fleet.wait_vips(BACKUP, timeout=sc.floor + 30)
     res["vips_seen_s"] = round(time.time() - t_crash, 2)  # polled every 0.2 s: coarse
-    hook_budget = 5 * hook_timeout_s(sc.ct_max) + 30
-    hook = wait_for("%s's primary hook" % BACKUP,
-                    lambda: (h := hook_run(fleet[BACKUP], "primary", t_crash)) and h["done"] and h,
-                    hook_budget, step=0.5)
+    hook_budget = 5 * sc.hook_timeout_s + 30
+    hook = wait_for(lambda: (h := hook_run(fleet[BACKUP], "primary", t_crash)) and h["done"] and h,
+                    hook_budget, "%s's primary hook" % BACKUP, interval=0.5)
     main = flows.collect(timeout=duration + 60)
     pr = probe.collect(timeout=60) if probe else None
     res.update(traffic_measures(main, pr))
@@ -607,7 +560,7 @@ def failover(fleet, flows, probe, sc, res):
     gate = hook["steps"].get("gate-open")
     res["gate_open_s"] = round(gate["at"] - t_crash, 3) if gate else None
     res["hook_total_ms"] = hook["total_ms"]
-    res["backup_kernel_after"] = ct_count(fleet[BACKUP])
+    res["backup_kernel_after"] = conntrack_count(fleet[BACKUP])
     res["gap_over_floor"] = round(res["gap_ms"] / (sc.floor * 1000), 2) if res.get("gap_ms") else None
 
 
@@ -621,9 +574,9 @@ def failback(fleet, flows, probe, sc, res, boots):
     fleet.reboot(PRIMARY, timeout=180)
     fb = {"reboot_s": round(time.time() - t_reboot, 1)}
     fleet.wait_vips(PRIMARY, timeout=60)
-    hook = wait_for("%s's primary hook after the reboot" % PRIMARY,
-                    lambda: (h := hook_run(fleet[PRIMARY], "primary", t_reboot)) and h["done"] and h,
-                    5 * hook_timeout_s(sc.ct_max) + 60, step=0.5)
+    hook = wait_for(lambda: (h := hook_run(fleet[PRIMARY], "primary", t_reboot)) and h["done"] and h,
+                    5 * sc.hook_timeout_s + 60, "%s's primary hook after the reboot" % PRIMARY,
+                    interval=0.5)
     main = flows.collect(timeout=duration + 60)
     pr = probe.collect(timeout=60) if probe else None
     m = traffic_measures(main, pr)

@@ -7,17 +7,20 @@ kernel) takes ~1 s per 100k entries here.  Packets of taken-over connections
 that reach the new primary inside that window find no conntrack entry.  This
 bench measures what that does to live DNAT/SNAT flows, per design:
 
-  baseline  the formula as rendered (tcp_loose=1, hook: -c -f -R -B)
-  loose0    nf_conntrack_tcp_loose=0 + INVALID dropped in INPUT and FORWARD
+  baseline  the formula as rendered, without its gate (tcp_loose=1, hook:
+            -c -f -R -B)
+  loose0    baseline + nf_conntrack_tcp_loose=0 + INVALID dropped in INPUT
+            and FORWARD
   gate      raw-table gate: on a non-primary node raw PREROUTING jumps to
             HAFW_GATE (drops all but VRRP, lo, the sync link and the node's
-            own addresses); the hook removes the jump only after -c returned
-            and re-adds it on backup/fault/stop (patched copy of the hook)
-  ctgate    the same gate in mangle PREROUTING, dropping only packets in
-            state NEW or INVALID (no entry): committed connections pass
-            (the recommended design, docs/takeover.md)
-  inject    DisableExternalCache on (states go straight into the backup's
-            kernel table; the commit has nothing to do)
+            own addresses); the formula's hook, told to use table raw,
+            removes the jump only after -c returned and re-adds it on
+            backup/fault/stop
+  ctgate    the formula as rendered: its gate in mangle PREROUTING drops only
+            packets in state NEW or INVALID (no entry) on the VRRP
+            interfaces: committed connections pass (docs/takeover.md)
+  inject    baseline + DisableExternalCache on (states go straight into the
+            backup's kernel table; the commit has nothing to do)
 
 Lab (lab library, per-run prefix, torn down on success/failure/Ctrl-C):
 
@@ -62,9 +65,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _util import hook_time, wait_for  # noqa: E402
+from _util import hook_time  # noqa: E402
 
 from lab.ctfill import extra_tuple, fill  # noqa: E402
+from lab.diagnose import conntrack_count, conntrackd_caches  # noqa: E402
+from lab.wait import wait_for  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -81,7 +86,7 @@ HOOK_LOG = "/var/log/hafw-conntrackd.log"
 CTD_LOG = "/var/log/conntrackd-bench.log"
 KA_LOG = "/var/log/keepalived-bench.log"
 GATE_CHAIN = "HAFW_GATE"
-GATES = {"gate": "raw", "ctgate": "mangle"}  # design -> table of the gate chain
+GATES = ("gate", "ctgate")  # the designs with a gate
 
 
 # ===========================================================================
@@ -286,97 +291,32 @@ def render_formula(workdir):
     return out
 
 
-# --- the proposed hook change, applied to the rendered hook ----------------
+# --- the designs, from the formula's rendered hook and ruleset ---------------
 
-GATE_VARS = """GATE_CHAIN_DEFAULT='%s'
-GATE_TABLE_DEFAULT='%s'
-IPTABLES_BIN_DEFAULT='iptables'
-"""
-
-GATE_FUNCS = r'''# --- traffic gate -----------------------------------------------------------
-# The firewall rules define the chain GATE_CHAIN in table GATE_TABLE; it
-# returns for VRRP, lo, the sync link and the node's own addresses and drops
-# the rest (mangle: only packets in state NEW or INVALID, i.e. those with no
-# entry; raw: all of them).  The hook owns the jump "PREROUTING -j
-# GATE_CHAIN": present (closed) on a node that is not primary, removed (open)
-# on the primary once the commit has returned.  A packet dropped in raw or
-# mangle PREROUTING never gets a confirmed conntrack entry (no NEW un-NATed
-# entry, no RST or ICMP from the VIP, no "File exists" for the commit).
-# Empty GATE_CHAIN: no gate.
-GATE_CHAIN=${HAFW_HOOK_GATE_CHAIN-${GATE_CHAIN_DEFAULT:-}}
-GATE_TABLE=${GATE_TABLE_DEFAULT:-mangle}
-IPTABLES_BIN=${IPTABLES_BIN_DEFAULT:-iptables}
-
-gate_close() {
-    [ -n "$GATE_CHAIN" ] || return 0
-    run_step gate-close "$GATE_TABLE PREROUTING -j $GATE_CHAIN: hold traffic until the next commit" \
-        sh -c '"$0" -w 5 -t "$2" -C PREROUTING -j "$1" 2>/dev/null ||
-               "$0" -w 5 -t "$2" -I PREROUTING 1 -j "$1"' \
-        "$IPTABLES_BIN" "$GATE_CHAIN" "$GATE_TABLE"
-}
-
-gate_open() {
-    [ -n "$GATE_CHAIN" ] || return 0
-    run_step gate-open "let traffic in: the peer's states are in the kernel table" \
-        sh -c 'i=0
-               while [ $i -lt 8 ] && "$0" -w 5 -t "$2" -D PREROUTING -j "$1" 2>/dev/null; do
-                   i=$((i + 1))
-               done
-               ! "$0" -w 5 -t "$2" -C PREROUTING -j "$1" 2>/dev/null' \
-        "$IPTABLES_BIN" "$GATE_CHAIN" "$GATE_TABLE"
-}
-'''
+def design_hook(text, design):
+    """The rendered hook with the design's gate: the formula's own (ctgate), the
+    same steps on table raw (gate), or none (the chain is never jumped to)."""
+    chain, table = "GATE_CHAIN_DEFAULT='%s'\n" % GATE_CHAIN, "GATE_TABLE_DEFAULT='mangle'\n"
+    if chain not in text or table not in text:
+        raise RuntimeError("the rendered hook has no gate settings to change")
+    if design == "gate":
+        return text.replace(table, "GATE_TABLE_DEFAULT='raw'\n")
+    return text if design == "ctgate" else text.replace(chain, "GATE_CHAIN_DEFAULT=''\n")
 
 
-def gate_hook(text, table):
-    """The rendered hook with the gate steps (the change proposed for the formula)."""
-    def sub(old, new, count=1):
-        nonlocal text
-        if text.count(old) < count:
-            raise RuntimeError("hook patch: %r not found" % old[:60])
-        text = text.replace(old, new)
-    anchor = "# yes: on \"backup\", start conntrackd"
-    sub(anchor, GATE_VARS % (GATE_CHAIN, table) + anchor)
-    sub("# --- serialisation ---", GATE_FUNCS + "\n# --- serialisation ---")
-    sub('    stop)           TRANSITION=stop ;;\n',
-        '    stop)           TRANSITION=stop ;;\n    gate-sync)      TRANSITION=gate-sync ;;\n')
-    sub('        ctd commit "commit the external cache (peer\'s states) into the kernel table" -c\n',
-        '        ctd commit "commit the external cache (peer\'s states) into the kernel table" -c\n'
-        '        # Open even if the commit failed: a closed gate on the primary is an outage.\n'
-        '        gate_open\n')
-    sub('    backup)\n        # Upstream "backup": make sure conntrackd runs, then -t and -n.\n',
-        '    backup)\n        gate_close\n        # Upstream "backup": make sure conntrackd runs, then -t and -n.\n')
-    sub('    fault)\n        # Upstream "fault": only shorten the kernel timers.\n',
-        '    fault)\n        gate_close\n        # Upstream "fault": only shorten the kernel timers.\n')
-    sub('    stop)\n        # Not in upstream',
-        '    gate-sync)\n'
-        '        # After the firewall rules were (re)loaded: the jump follows the role file.\n'
-        '        read -r last_role _ <"$STATE_FILE" 2>/dev/null\n'
-        '        if [ "$last_role" = primary ]; then gate_open; else gate_close; fi\n'
-        '        total_ms=$(( $(now_ms) - INVOKED_MS ))\n'
-        '        log info "$TRANSITION: done (role: ${last_role:-unknown};'
-        ' failed:${FAILED_STEPS:- none}; total_ms=$total_ms)"\n'
-        '        exit 0\n'
-        '        ;;\n'
-        '    stop)\n        gate_close\n        # Not in upstream')
-    return text
-
-
-def gate_table(fw, table):
-    """The gate chain (no jump: the hook owns it).  mangle: drop only untracked-yet packets."""
+def raw_gate(fw):
+    """The gate chain in table raw (no jump: the hook owns it); it drops every packet
+    that is not VRRP, on lo or the sync link, or to the node's own addresses."""
     own = ADDR[fw]
-    policies = {"raw": ["PREROUTING", "OUTPUT"],
-                "mangle": ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]}[table]
-    lines = ["*" + table] + [":%s ACCEPT [0:0]" % c for c in policies] + [":%s - [0:0]" % GATE_CHAIN,
+    lines = ["*raw", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":%s - [0:0]" % GATE_CHAIN,
              "-A %s -i lo -j RETURN" % GATE_CHAIN,
              "-A %s -i enp0s9 -m comment --comment \"hafw: conntrackd sync link\" -j RETURN" % GATE_CHAIN,
              "-A %s -p vrrp -m comment --comment \"hafw: VRRP\" -j RETURN" % GATE_CHAIN]
     for ifname in ("enp0s3", "enp0s8"):
         lines.append("-A %s -d %s/32 -i %s -m comment --comment \"hafw: own address\" -j RETURN"
                      % (GATE_CHAIN, own[ifname], ifname))
-    match = "-m conntrack --ctstate NEW,INVALID " if table == "mangle" else ""
-    lines += ["-A %s %s-m comment --comment \"hafw: closed until this node's commit is done\" -j DROP"
-              % (GATE_CHAIN, match), "COMMIT"]
+    lines += ["-A %s -m comment --comment \"hafw: closed until this node's commit is done\" -j DROP"
+              % GATE_CHAIN, "COMMIT"]
     return "\n".join(lines) + "\n"
 
 
@@ -395,8 +335,8 @@ def ruleset(rules_v4, fw, design):
     head, sep, tail = rules_v4.rpartition("COMMIT")  # the *filter table's COMMIT
     extra = list(COUNT_RULES)
     text = head + "\n".join(extra) + "\n" + sep + tail
-    if design in GATES:
-        text += gate_table(fw, GATES[design])
+    if design == "gate":  # ctgate: the formula's own mangle gate is in rules_v4 already
+        text += raw_gate(fw)
     return text
 
 
@@ -430,15 +370,6 @@ def has_vip(host):
     return VIP_SNAT in sh(host, "ip -4 -br addr show dev enp0s3", check=False)
 
 
-def ctd_cache(host):
-    """(internal, external) active object counts of conntrackd."""
-    out = host.exec(["conntrackd", "-C", "/etc/conntrackd/conntrackd.conf", "-s", "cache"],
-                    check=False, timeout=20).stdout
-    internal = re.search(r"cache:internal\s+active objects:\s+(\d+)", out)
-    external = re.search(r"cache:external\s+active objects:\s+(\d+)", out)
-    return int(internal.group(1)) if internal else -1, int(external.group(1)) if external else -1
-
-
 def flow_entries(host):
     """Entries of the bench's flows in a kernel table: {kind: (count, [timeouts])}."""
     out = sh(host, "conntrack -L 2>/dev/null | grep -e 'dport=25 ' -e 'dport=8080 ' -e 'dport=5353 '",
@@ -450,11 +381,6 @@ def flow_entries(host):
         n, timeouts = res.get(kind, (0, []))
         res[kind] = (n + 1, timeouts + [int(line.split()[2])])
     return {k: {"count": n, "timeout_min": min(t), "timeout_max": max(t)} for k, (n, t) in res.items()}
-
-
-def ct_count(host):
-    out = sh(host, "cat /proc/sys/net/netfilter/nf_conntrack_count", check=False).strip()
-    return int(out) if out.isdigit() else -1
 
 
 def counters(host):
@@ -531,8 +457,7 @@ def build_lab(lab, files, design, args):
     for fw, h in fws.items():
         f = files[fw]
         hook = f["/etc/conntrackd/primary-backup.sh"]
-        if design in GATES:
-            hook = gate_hook(hook, GATES[design])
+        hook = design_hook(hook, design)
         put(h, HOOK, hook, "0755")
         put(h, "/etc/conntrackd/conntrackd.conf", conntrackd_conf(f["/etc/conntrackd/conntrackd.conf"], design,
                                                                    args.hash_limit))
@@ -556,7 +481,7 @@ def build_lab(lab, files, design, args):
             sh(h, HOOK + " gate-sync >/dev/null 2>&1")
         sh(h, "conntrackd -C /etc/conntrackd/conntrackd.conf -d >/dev/null 2>&1")
     for fw, h in fws.items():
-        wait_for("conntrackd on " + fw, lambda h=h: ctd_cache(h)[0] >= 0, 10)
+        wait_for(lambda h=h: conntrackd_caches(h)[0] >= 0, 10, "conntrackd on " + fw)
     return client, server, fws
 
 
@@ -597,9 +522,9 @@ def trial(files, design, args, rep):
         client, server, fws = build_lab(lab, files, design, args)
         fw1, fw2 = fws["fw1"], fws["fw2"]
         start_keepalived(fw1)
-        wait_for("fw1 MASTER (VIPs)", lambda: has_vip(fw1), 15)
+        wait_for(lambda: has_vip(fw1), 15, "fw1 MASTER (VIPs)")
         start_keepalived(fw2)
-        wait_for("fw2 BACKUP hook done", lambda: "backup: done" in hook_log(fw2), 15)
+        wait_for(lambda: "backup: done" in hook_log(fw2), 15, "fw2 BACKUP hook done")
         # StartupResync / notify_backup settle
         time.sleep(1.0)
 
@@ -613,16 +538,16 @@ def trial(files, design, args, rep):
 
             def synced():
                 if design == "inject":
-                    return ct_count(fw2) >= want
-                return ctd_cache(fw2)[1] >= want
+                    return conntrack_count(fw2) >= want
+                return conntrackd_caches(fw2)[1] >= want
             try:
-                wait_for("fw2 synced %d" % want, synced, args.sync_timeout, step=0.5)
+                wait_for(synced, args.sync_timeout, "fw2 synced %d" % want, interval=0.5)
                 res["sync_s"] = round(time.time() - t0, 2)
             except TimeoutError:
                 res["sync_s"] = None
-            res["fw2_external_after_fill"] = ctd_cache(fw2)[1]
-            res["fw2_kernel_after_fill"] = ct_count(fw2)
-            res["fw1_kernel_after_fill"] = ct_count(fw1)
+            res["fw2_external_after_fill"] = conntrackd_caches(fw2)[1]
+            res["fw2_kernel_after_fill"] = conntrack_count(fw2)
+            res["fw1_kernel_after_fill"] = conntrack_count(fw1)
             log("  %s: filled %d on fw1 in %.1fs (%s/s), fw2 ext=%d kern=%d, sync %ss" % (
                 design, args.extra, res["fill"]["seconds"], res["fill"]["rate"],
                 res["fw2_external_after_fill"], res["fw2_kernel_after_fill"], res["sync_s"]))
@@ -646,8 +571,8 @@ def trial(files, design, args, rep):
                           stderr=subprocess.PIPE, text=True)
         try:
             time.sleep(max(0, t_fail_plan - 2.0 - time.time()))
-            res["fw2_external_before"] = ctd_cache(fw2)[1]
-            res["fw2_kernel_before"] = ct_count(fw2)
+            res["fw2_external_before"] = conntrackd_caches(fw2)[1]
+            res["fw2_kernel_before"] = conntrack_count(fw2)
             res["fw2_flow_entries_before"] = flow_entries(fw2)
             res["counters_before"] = {"fw2": counters(fw2), "client": counters(client),
                                       "server": counters(server)}
@@ -664,7 +589,7 @@ def trial(files, design, args, rep):
             res["t_fail"] = t_fail
             res.update(watch_move(client, server, fw2, t_fail))
             try:
-                wait_for("fw2 primary hook done", lambda: "primary: done" in hook_log(fw2), 30, step=0.1)
+                wait_for(lambda: "primary: done" in hook_log(fw2), 30, "fw2 primary hook done")
             except TimeoutError:
                 pass
             cout, cerr = pc.communicate(timeout=max(5, end_at - time.time() + 20))
@@ -679,7 +604,7 @@ def trial(files, design, args, rep):
                                % (pc.returncode, cerr[-800:], ps.returncode, serr[-800:]))
         res["counters_after"] = {"fw2": counters(fw2), "client": counters(client),
                                  "server": counters(server)}
-        res["fw2_kernel_after"] = ct_count(fw2)
+        res["fw2_kernel_after"] = conntrack_count(fw2)
         hl = hook_log(fw2)
         res["fw2_hook_log"] = [line for line in hl.splitlines() if "primary" in line or "gate" in line][-12:]
         res["fw2_ctd_log"] = [line for line in fw2.exec(["cat", CTD_LOG], check=False).stdout.splitlines()
@@ -761,33 +686,32 @@ def analyse(cflows, sflows, t_fail, end_at):
 
 # --- fill-rate comparison --------------------------------------------------------
 
+def conntrack_args(i):
+    """conntrack(8) arguments of lab.ctfill's i-th entry, for the tools compared with it."""
+    src, dst, sport, dport = extra_tuple(i)
+    return ("-p tcp -s %s -d %s --sport %d --dport %d --state ESTABLISHED -u SEEN_REPLY,ASSURED -t 3600"
+            % (src, dst, sport, dport))
+
+
 def fill_rates(args):
     from lab import Lab
     out = {}
     with Lab() as lab:
         h = lab.add_host("ctfill")
         n1 = 300
-        lines = []
-        for i in range(n1):
-            src, dst, sport, dport = extra_tuple(i)
-            lines.append("conntrack -I -p tcp -s %s -d %s --sport %d --dport %d --state ESTABLISHED "
-                         "-u SEEN_REPLY,ASSURED -t 3600 >/dev/null 2>&1" % (src, dst, sport, dport))
+        lines = ["conntrack -I %s >/dev/null 2>&1" % conntrack_args(i) for i in range(n1)]
         t = time.time()
         sh(h, "\n".join(lines), timeout=120)
         out["conntrack -I (one process per entry)"] = round(n1 / (time.time() - t))
         sh(h, "conntrack -F >/dev/null 2>&1")
         n2 = 20000
-        lines = []
-        for i in range(n2):
-            src, dst, sport, dport = extra_tuple(i)
-            lines.append("-I -p tcp -s %s -d %s --sport %d --dport %d --state ESTABLISHED "
-                         "-u SEEN_REPLY,ASSURED -t 3600" % (src, dst, sport, dport))
+        lines = ["-I " + conntrack_args(i) for i in range(n2)]
         path = "/tmp/hafw-bench-load.%d" % os.getpid()
         put(h, path, "\n".join(lines) + "\n")
         t = time.time()
         sh(h, "conntrack -R %s >/dev/null 2>&1" % path, timeout=120, check=False)
         dt = time.time() - t
-        got = ct_count(h)
+        got = conntrack_count(h)
         sh(h, "rm -f %s" % path)
         out["conntrack -R FILE (batch load, conntrack-tools 1.4.7)"] = round(got / dt) if got > 0 else 0
         out["conntrack -R entries created of %d" % n2] = got
@@ -795,7 +719,7 @@ def fill_rates(args):
         r = json.loads(h.exec([PY, str(Path(__file__).resolve()), "fill", str(args.extra)],
                               timeout=120).stdout)
         out["ctnetlink batches of 256 (this script)"] = r["rate"]
-        out["ctnetlink entries created of %d" % args.extra] = ct_count(h)
+        out["ctnetlink entries created of %d" % args.extra] = conntrack_count(h)
         out["ctnetlink errors"] = r["errors"]
     return out
 

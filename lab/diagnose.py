@@ -1,5 +1,7 @@
 """
-What a lab host's VRRP looks like from inside, for failure messages.
+What a firewall host of the lab looks like from inside: its conntrack
+table, conntrackd's caches, the takeover gate, and its VRRP state for
+failure messages.
 
 keepalived logs to syslog, and the lab hosts have none (this machine has no
 /dev/log), so a timeout waiting for VIPs would otherwise say nothing about
@@ -10,6 +12,28 @@ priority, last transition) and remove the files again.
 
 import re
 import time
+
+CONNTRACKD = ["conntrackd", "-C", "/etc/conntrackd/conntrackd.conf"]
+GATE_JUMP = "-A PREROUTING -j HAFW_GATE"
+
+
+def conntrack_count(host):
+    """Entries in the host's kernel conntrack table (-1: unreadable)."""
+    out = host.exec(["cat", "/proc/sys/net/netfilter/nf_conntrack_count"], check=False).stdout.strip()
+    return int(out) if out.isdigit() else -1
+
+
+def conntrackd_caches(host, timeout=30):
+    """(internal, external): active objects in conntrackd's caches (-1: no answer)."""
+    out = host.exec([*CONNTRACKD, "-s", "cache"], check=False, timeout=timeout).stdout
+    found = [re.search(r"cache:%s\s+active objects:\s+(\d+)" % kind, out) for kind in ("internal", "external")]
+    return tuple(int(m.group(1)) if m else -1 for m in found)
+
+
+def gate_closed(host):
+    """True while the takeover gate's jump is in mangle PREROUTING (the node is not primary)."""
+    return GATE_JUMP in host.exec(["iptables", "-w", "5", "-t", "mangle", "-S", "PREROUTING"], check=False).stdout
+
 
 # the lines of an instance's block in keepalived.data that explain its state
 _INSTANCE_KEYS = ("State", "Wantstate", "Number of config faults", "Number of interface and track script faults",

@@ -44,7 +44,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test.support.wait import wait_for
+from lab.wait import wait_for
 from tools import golden
 
 REPO = Path(__file__).resolve().parents[2]

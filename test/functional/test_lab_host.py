@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lab import Lab, clean, netns
-from test.support.wait import wait_for
+from lab.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIXES = []  # every run prefix this module made; none may be left at the end

@@ -19,7 +19,7 @@ import pytest
 from lab import Lab, netns
 from lab import traffic as traffic_cli
 from lab.report import write_report
-from test.support.wait import wait_for
+from lab.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"PYTHONPATH": str(REPO)}

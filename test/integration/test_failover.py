@@ -24,6 +24,7 @@ lab-report/failover/.
 import pytest
 
 from lab import Lab
+from lab.diagnose import gate_closed
 from lab.fleet import Fleet
 from lab.saltmaster import VENV_BIN
 from test.support.failover import (
@@ -31,7 +32,6 @@ from test.support.failover import (
     Scenario,
     assert_nothing_lost,
     crash_and_take_over,
-    gate_closed,
     preferred_primary,
     settle,
 )
@@ -58,7 +58,7 @@ def test_takeover_gate_is_closed_on_the_backup_only(fleet):
     result = fleet.converge()
     assert all(r["ok"] for r in result.values()), result
     assert result[backup]["changed"], "the drift was not repaired"
-    assert gate_closed(fleet, backup) and not gate_closed(fleet, primary)
+    assert gate_closed(fleet[backup]) and not gate_closed(fleet[primary])
 
 
 def test_r1_primary_crash_loses_no_flow(fleet, tmp_path):

@@ -29,22 +29,22 @@ import time
 import pytest
 
 from lab import Lab
+from lab.diagnose import conntrackd_caches
 from lab.fleet import Fleet
 from lab.salt import example_pillar
 from lab.saltmaster import VENV_BIN
+from lab.wait import wait_for
 from test.support.failover import (
     PAIR_VIPS,
     REPO,
     Scenario,
     assert_nothing_lost,
-    cache_counts,
     crash_and_take_over,
     preferred_primary,
     revive,
     role,
     settle,
 )
-from test.support.wait import wait_for
 
 TAKEOVER_S = 10  # the default timing: 3 adverts + skew (a few seconds at most), plus room for a busy machine
 EXTRA_ENTRIES = 100_000
@@ -166,9 +166,9 @@ def test_race_free_takeover_with_100k_extra_entries(fleet, tmp_path):
     fill = fleet[primary].exec(["sh", "-c", f"cd {REPO} && exec .venv/bin/python -m lab.ctfill "
                                             f"{EXTRA_ENTRIES} --timeout 600"], timeout=120)
     assert json.loads(fill.stdout)["errors"] == {}, fill.stdout
-    wait_for(lambda: cache_counts(fleet, backup)[1] >= EXTRA_ENTRIES, 90,
+    wait_for(lambda: conntrackd_caches(fleet[backup])[1] >= EXTRA_ENTRIES, 90,
              f"{backup}'s external cache to hold the {EXTRA_ENTRIES} entries", 1,
-             lambda: f"caches of {backup}: {cache_counts(fleet, backup)}")
+             lambda: f"caches of {backup}: {conntrackd_caches(fleet[backup])}")
     scenario = Scenario(fleet, tmp_path, "race-100k").start(duration=20)
     crash_and_take_over(fleet, scenario, primary, backup, TAKEOVER_S)
     (result,) = scenario.collect()

@@ -17,7 +17,7 @@ import pytest
 from lab import Lab
 from lab import salt as labsalt
 from lab.diagnose import vrrp_report
-from test.support.wait import wait_for
+from lab.wait import wait_for
 from tools.golden import render
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

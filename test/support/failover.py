@@ -7,17 +7,16 @@ and return the merged per-flow result (also saved in lab-report/failover/).
 
 import json
 import pathlib
-import re
 
+from lab.diagnose import gate_closed
 from lab.flows import Flows
-from test.support.wait import wait_for
+from lab.wait import wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 REPORT = REPO / "lab-report" / "failover"
 PAIR = ("fw-cent7i", "fw-cent7j")
 PAIR_VIPS = 4
 DAEMONS = ("keepalived", "conntrackd")
-CONNTRACKD = ["conntrackd", "-C", "/etc/conntrackd/conntrackd.conf"]
 HOOK_LOG = "/var/log/hafw-conntrackd.log"
 
 
@@ -28,21 +27,6 @@ def running(fleet, name, daemon):
 def role(fleet, name):
     """What the transition hook last recorded on the node: primary, backup, fault, stop or ''."""
     return fleet[name].exec(["cat", "/run/conntrackd/hafw-role"], check=False).stdout.split(" ")[0]
-
-
-def gate_closed(fleet, name):
-    rules = fleet[name].exec(["iptables", "-t", "mangle", "-S", "PREROUTING"]).stdout
-    return "-A PREROUTING -j HAFW_GATE" in rules
-
-
-def cache_counts(fleet, name):
-    """(internal, external): active objects in the node's conntrackd caches (-1: no answer)."""
-    out = fleet[name].exec([*CONNTRACKD, "-s", "cache"], check=False, timeout=20).stdout
-    counts = []
-    for cache in ("internal", "external"):
-        match = re.search(r"cache:%s\s+active objects:\s+(\d+)" % cache, out)
-        counts.append(int(match.group(1)) if match else -1)
-    return tuple(counts)
 
 
 def holder(fleet):
@@ -60,10 +44,11 @@ def revive(fleet):
             fleet.reboot(name)
 
 
-def settle(fleet, timeout=120):
-    """The steady pair: both nodes up with both daemons, one VRRP master, the
-    hooks done (role recorded, gate open on the primary only). Crashed nodes
-    are rebooted, stopped daemons started by a converge. Returns (primary, backup)."""
+def settle(fleet, primary=None, timeout=120):
+    """The steady pair: both nodes up with both daemons, one VRRP master (the
+    node `primary` if given: it takes the VIPs back by preempt), the hooks
+    done (role recorded, gate open on the primary only). Crashed nodes are
+    rebooted, stopped daemons started by a converge. Returns (primary, backup)."""
     revive(fleet)
     if not all(running(fleet, n, d) for n in PAIR for d in DAEMONS):
         result = fleet.converge()
@@ -71,25 +56,23 @@ def settle(fleet, timeout=120):
     fleet.wait_vrrp(timeout=timeout)
     pair = {}
 
-    def hooks_done():
+    def settled():
         # the holder is read again each time: at start-up the VIPs may still move (preempt)
-        primary = holder(fleet)
-        if primary is None:
+        holding = holder(fleet)
+        if holding is None or primary not in (None, holding):
             return False
-        backup = next(n for n in PAIR if n != primary)
-        pair.update(primary=primary, backup=backup)
-        return (role(fleet, primary) == "primary" and role(fleet, backup) == "backup"
-                and gate_closed(fleet, backup) and not gate_closed(fleet, primary))
-    wait_for(hooks_done, 60, "the hooks to settle on both nodes", 0.5,
+        backup = next(n for n in PAIR if n != holding)
+        pair.update(primary=holding, backup=backup)
+        return (role(fleet, holding) == "primary" and role(fleet, backup) == "backup"
+                and gate_closed(fleet[backup]) and not gate_closed(fleet[holding]))
+    wait_for(settled, timeout, "a settled pair" + (f" with {primary} primary" if primary else ""), 0.5,
              lambda: ", ".join("%s: %s, %d VIPs" % (n, role(fleet, n), len(fleet.vips(n))) for n in PAIR))
     return pair["primary"], pair["backup"]
 
 
-def preferred_primary(fleet, name="fw-cent7i", timeout=90):
-    """settle(), then wait until the node with the higher priority holds the VIPs (preempt)."""
-    settle(fleet)
-    fleet.wait_vips(name, PAIR_VIPS, timeout=timeout)
-    return settle(fleet)
+def preferred_primary(fleet, name="fw-cent7i"):
+    """settle() with the higher-priority node as primary (pillar.example preempts)."""
+    return settle(fleet, primary=name)
 
 
 class Scenario:
