@@ -150,10 +150,14 @@ def _ipt_empty(tables):
     return "\n".join(lines) + "\n"
 
 
-def _nft_listing(family, table):
-    """``nft -s list table`` (counters left out), or None when the table does not exist."""
+def _nft_listing(family, table, ignore=()):
+    """``nft -s list table`` (counters left out) without the lines in ``ignore``
+    (compared stripped), or None when the table does not exist."""
     res = _run(["nft", "-s", "list", "table", family, table])
-    return res["stdout"].strip() + "\n" if res["retcode"] == 0 else None
+    if res["retcode"] != 0:
+        return None
+    lines = [line for line in res["stdout"].strip().splitlines() if line.strip() not in ignore]
+    return "\n".join(lines) + "\n"
 
 
 def _nft_state_file(name, family, table):
@@ -197,9 +201,10 @@ def applied(name, backend="iptables", table="hafw", family="ip", ignore_live=(),
         looked at.
 
     ignore_live
-        iptables only: live rules (as ``iptables-save`` prints them) that
-        another actor adds and removes, left out of the drift check. hafw's
-        transition hook owns the jump into its takeover gate, for instance.
+        Live rules that another actor adds and removes, left out of the
+        drift check: as ``iptables-save`` prints them, or for nftables as a
+        line of ``nft list table`` (``jump gate``). hafw's transition hook
+        owns the jump into its takeover gate, for instance.
 
     on_applied
         A command (argument list) run after a successful apply, when its
@@ -245,7 +250,7 @@ def applied(name, backend="iptables", table="hafw", family="ip", ignore_live=(),
     if backend == "iptables":
         ret = _applied_iptables(ret, name, text, tuple(ignore_live))
     else:
-        ret = _applied_nftables(ret, name, text, family, table)
+        ret = _applied_nftables(ret, name, text, family, table, tuple(ignore_live))
     if ret["result"] and ret["changes"] and on_applied and not __opts__["test"]:
         _run_on_applied(ret, list(on_applied))
     return ret
@@ -301,11 +306,11 @@ def _applied_iptables(ret, name, text, ignore_live=()):
     return ret
 
 
-def _applied_nftables(ret, name, text, family, table):
+def _applied_nftables(ret, name, text, family, table, ignore_live=()):
     digest = hashlib.sha256(text.encode()).hexdigest()
     state_file = _nft_state_file(name, family, table)
     last = _nft_load_state(state_file)
-    live = _nft_listing(family, table)
+    live = _nft_listing(family, table, ignore_live)
     where = f"table {family} {table}"
 
     if last.get("sha256") == digest and live is not None and live == last.get("listing"):
@@ -339,7 +344,7 @@ def _applied_nftables(ret, name, text, family, table):
         ret["comment"] = (f"nft -f {name} failed; the live ruleset was left as it was: "
                           f"{_failed(res)}")
         return ret
-    listing = _nft_listing(family, table)
+    listing = _nft_listing(family, table, ignore_live)
     if listing is None:
         ret["comment"] = f"nft -f {name} succeeded but {where} does not exist: does {name} create it?"
         return ret

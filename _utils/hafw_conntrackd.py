@@ -17,8 +17,10 @@ DEFAULTS = {
     "port": 3780,
     "multicast_group": "225.0.0.50",
     "checksum": True,
-    "snd_socket_buffer": 1249280,
-    "rcv_socket_buffer": 1249280,
+    # None: the seed's 1249280, or in inject mode room for a resync burst
+    # (INJECT_BUFFER_PER_ENTRY bytes a tracked entry)
+    "snd_socket_buffer": None,
+    "rcv_socket_buffer": None,
     "nice": -20,
     "hash_size": 32768,
     "hash_limit": None,  # None: 2 x nf_conntrack_max
@@ -27,7 +29,15 @@ DEFAULTS = {
     "protocols": ["TCP", "UDP", "ICMP"],
     "ignore_addresses": [],
     "ignore_vips": True,
+    # inject mode (docs/takeover.md): synced states go straight into the
+    # backup's kernel table, so a takeover has nothing to commit
     "disable_external_cache": False,
+    # inject mode: a backup asks the primary for a full resync this often, or
+    # its injected entries expire (FTFW sends no refresh while packets flow);
+    # at most half the shortest timeout that matters (UDP stream: 120 s).
+    # None: 30 s, longer for big tables (each resync sends the whole table):
+    # one second per 20k entries of nf_conntrack_max, at most 60 s
+    "inject_refresh_s": None,
     # a node that is not primary drops packets without a conntrack entry; the
     # hook opens it once the commit is done (docs/takeover.md)
     "takeover_gate": True,
@@ -37,6 +47,27 @@ DEFAULTS = {
     "syslog": True,
     "options": {},
 }
+
+SEED_SOCKET_BUFFER = 1249280
+# Inject mode: a resync (a restarted node's StartupResync, the backup's
+# periodic refresh) arrives faster than conntrackd injects it into the kernel
+# (~100k entries/s here), so the burst waits in the UDP socket buffers. With
+# the seed's 1.2 MB a 200k-entry resync lost a quarter of its entries for
+# good (FTFW could not resend them); with 64 MB it was complete in 2.1 s.
+# 256 bytes an entry of nf_conntrack_max covers that with room to spare.
+INJECT_BUFFER_PER_ENTRY = 256
+
+
+def _socket_buffers(chk, path, ctd, ctmax):
+    for key in ("snd_socket_buffer", "rcv_socket_buffer"):
+        if ctd[key] is None:
+            size = SEED_SOCKET_BUFFER
+            if ctd["disable_external_cache"] is True and isinstance(ctmax, int):
+                size = max(size, min(INJECT_BUFFER_PER_ENTRY * ctmax, 2**31 - 1))
+            ctd[key] = size
+        else:
+            chk.integer([*path, key], ctd[key], 1024, 2**31 - 1)
+
 
 def check(chk, path, raw, kernel, vrrp_ifaces, node_ifaces, nodes):
     ctd = merge(DEFAULTS, chk.mapping(path, raw, allowed=set(DEFAULTS)))
@@ -67,8 +98,7 @@ def check(chk, path, raw, kernel, vrrp_ifaces, node_ifaces, nodes):
         chk.fail([*path, "transport"], f"{ctd['transport']} sync is point-to-point: the cluster must have "
                  f"exactly two nodes (it has {len(nodes)}); use multicast for more")
     chk.boolean([*path, "checksum"], ctd["checksum"])
-    for key in ("snd_socket_buffer", "rcv_socket_buffer", "netlink_buffer_size",
-                "netlink_buffer_size_max_growth", "hash_size"):
+    for key in ("netlink_buffer_size", "netlink_buffer_size_max_growth", "hash_size"):
         chk.integer([*path, key], ctd[key], 1024, 2**31 - 1)
     chk.integer([*path, "nice"], ctd["nice"], -20, 19)
     if isinstance(ctd["hash_size"], int) and ctd["hash_size"] <= 8192:
@@ -77,6 +107,7 @@ def check(chk, path, raw, kernel, vrrp_ifaces, node_ifaces, nodes):
         chk.fail([*path, "hash_size"], f"{ctd['hash_size']} is too small: conntrackd ignores cache flushes "
                  "with HashSize 8192 or less; use at least 16384")
     ctmax = kernel["nf_conntrack_max"]
+    _socket_buffers(chk, path, ctd, ctmax)
     if ctd["hash_limit"] is None:
         ctd["hash_limit"] = 2 * ctmax if isinstance(ctmax, int) else None
     elif chk.integer([*path, "hash_limit"], ctd["hash_limit"], 1, 2**31 - 1) is not None:
@@ -96,6 +127,11 @@ def check(chk, path, raw, kernel, vrrp_ifaces, node_ifaces, nodes):
     chk.boolean([*path, "ignore_vips"], ctd["ignore_vips"])
     chk.boolean([*path, "disable_external_cache"], ctd["disable_external_cache"])
     chk.boolean([*path, "takeover_gate"], ctd["takeover_gate"])
+    if ctd["inject_refresh_s"] is None:
+        ctmax = kernel["nf_conntrack_max"]
+        ctd["inject_refresh_s"] = min(60, max(30, -(-ctmax // 20000))) if isinstance(ctmax, int) else 30
+    else:
+        chk.integer([*path, "inject_refresh_s"], ctd["inject_refresh_s"], 5, 3600)
     if ctd["disable_external_cache"] and ctd["mode"] == "alarm":
         chk.fail([*path, "disable_external_cache"], "is not available in mode alarm (conntrackd refuses it)")
     if ctd["startup_resync"] is None:

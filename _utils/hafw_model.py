@@ -260,10 +260,18 @@ def _derive(chk, view, me):
         out["firewall"] = hafw_netfilter.derive(view["firewall"], view, me, out.get("conntrackd"))
     if out.get("conntrackd"):
         ctd_out = out["conntrackd"]
-        ctd_out["gate_chain"] = out["firewall"]["gate_chain"] if out["firewall"] else ""
+        fw = out["firewall"]
+        ctd_out["gate_chain"] = fw["gate_chain"] if fw else ""
+        ctd_out["gate_table"] = fw["gate_table"] if fw else "mangle"
+        ctd_out["gate_backend"] = fw["backend"] if fw else "iptables"
         # the hook's per-step timeout must outlast the commit of a full table
         # (measured: ~1 s per 100k entries; docs/takeover.md)
         ctd_out["hook_timeout_s"] = max(10, -(-3 * view["kernel"]["nf_conntrack_max"] // 100000))
+        # the resync hold (keepalived vrrp_script "HOOK synced") gives up after
+        # twice a full table's resync at 100k entries/s (docs/failover-timing.md)
+        ctd_out["hold_max_s"] = max(10, 2 * -(-view["kernel"]["nf_conntrack_max"] // 100000))
+    if out.get("vrrp"):
+        out["vrrp"]["resync_hold"] = bool(out["vrrp"]["resync_hold"] and out["vrrp"].get("notify_hook"))
     out["selinux"] = {
         "module": bool(ctd),
         "booleans": merge({"domain_kernel_load_modules": True} if view["lvs"] else {},

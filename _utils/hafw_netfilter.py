@@ -37,6 +37,10 @@ DEFAULTS = {
 VRRP_MCAST = "224.0.0.18"
 GATE_CHAIN = "HAFW_GATE"
 GATE_JUMP = f"-A PREROUTING -j {GATE_CHAIN}"  # inserted and removed by the transition hook only
+# nftables: the gate is a regular chain; the hook adds "jump gate" to the
+# (otherwise empty) base chain gate_hook to close it and flushes it to open it
+NFT_TABLE = "hafw"
+NFT_GATE_CHAIN, NFT_GATE_HOOK = "gate", "gate_hook"
 
 
 # ---------------------------------------------------------------------------
@@ -174,14 +178,18 @@ def derive(fw, view, me, conntrackd):
         if spec["policy"] == "drop" and fw["log_dropped"]:
             rules.append({"proto": "all", "action": "log"})
         chains[chain] = {"policy": spec["policy"], "rules": rules}
-    gated = bool(conntrackd and conntrackd.get("takeover_gate") and fw["backend"] == "iptables")
+    gated = bool(conntrackd and conntrackd.get("takeover_gate"))
     out = {"backend": fw["backend"], "chains": chains, "nat": fw["nat"],
            "log_prefix": fw["log_prefix"], "log_level": fw["log_level"],
            "gate_rules": _gate_rules(view, me) if gated else None}
     out["iptables"] = render_iptables(out)
     out["nftables"] = render_nftables(out)
-    out["gate_chain"] = GATE_CHAIN if gated else ""
     out["gate"] = gated
+    # what the hook and the ruleset state need to know about the gate
+    nft = fw["backend"] == "nftables"
+    out["gate_chain"] = (NFT_GATE_CHAIN if nft else GATE_CHAIN) if gated else ""
+    out["gate_table"] = f"ip {NFT_TABLE}" if nft else "mangle"
+    out["gate_jump"] = f"jump {NFT_GATE_CHAIN}" if nft else GATE_JUMP  # the live rule that is not drift
     del out["gate_rules"]  # rule dicts hold IPv4Network objects: only the renderings leave
     # rule dicts hold IPv4Network objects; keep only the renderings and plain data
     out["chains"] = {c: {"policy": v["policy"], "rules": len(v["rules"])} for c, v in chains.items()}
@@ -323,7 +331,7 @@ def _nft_rule(rule, fw):
     return " ".join(parts)
 
 
-def render_nftables(fw, table="hafw"):
+def render_nftables(fw, table=NFT_TABLE):
     """An nft script that replaces table ``ip hafw`` atomically, leaving other tables alone."""
     lines = ["#!/usr/sbin/nft -f", "# Managed by Salt (hafw formula): edit the pillar, not this file.",
              f"table ip {table}", f"delete table ip {table}", f"table ip {table} {{"]
@@ -340,6 +348,14 @@ def render_nftables(fw, table="hafw"):
         lines.append(f"\tchain {chain} {{")
         lines.append(f"\t\ttype filter hook {chain} priority filter; policy {spec['policy']};")
         lines += ["\t\t" + _nft_rule(r, fw) for r in spec["rules"]]
+        lines.append("\t}")
+    if fw.get("gate_rules"):
+        # priority mangle (-150): after the conntrack lookup, before DNAT
+        lines.append(f"\tchain {NFT_GATE_CHAIN} {{")
+        lines += ["\t\t" + _nft_rule(r, fw) for r in fw["gate_rules"]]
+        lines.append("\t}")
+        lines.append(f"\tchain {NFT_GATE_HOOK} {{")
+        lines.append("\t\ttype filter hook prerouting priority mangle; policy accept;")
         lines.append("\t}")
     lines.append("}")
     return "\n".join(lines) + "\n"

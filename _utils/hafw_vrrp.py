@@ -17,6 +17,11 @@ DEFAULTS = {
     "preempt_delay": 0,
     "unicast": False,
     "garp_master_delay": 1,
+    # after a boot, keep the sync group in FAULT until conntrackd's startup
+    # resync has brought the peer's table (a vrrp_script calling the hook),
+    # so that a rebooted node does not take the VIPs back with half a table;
+    # only where the cluster runs conntrackd
+    "resync_hold": True,
     "sync_group": None,
     "notify_hook": None,  # None: on when the cluster runs conntrackd
     "track_interfaces": [],  # extra links whose loss makes the node give up
@@ -41,6 +46,7 @@ def check(chk, path, raw, nodes, node_ifaces):
     chk.integer([*path, "preempt_delay"], vrrp["preempt_delay"], 0, 1000)
     chk.boolean([*path, "unicast"], vrrp["unicast"])
     chk.integer([*path, "garp_master_delay"], vrrp["garp_master_delay"], 0, 255)
+    chk.boolean([*path, "resync_hold"], vrrp["resync_hold"])
     if vrrp["sync_group"] is not None:
         chk.name([*path, "sync_group"], vrrp["sync_group"], "sync group name")
     chk.mapping([*path, "global_defs"], vrrp["global_defs"])
@@ -201,6 +207,7 @@ def keepalived_view(vrrp, view, me, per_node):
     return {
         "sync_group": vrrp["sync_group"], "instances": instances,
         "track_scripts": vrrp["track_scripts"], "global_defs": vrrp["global_defs"],
+        "resync_hold": vrrp["resync_hold"],
         "notify_hook": False, "state": per_node["state"], "priority": per_node["priority"],
         "vrrp_interfaces": sorted({i["interface"] for i in instances}),
         "peer_addresses": {i["interface"]: i["unicast_peers"] or

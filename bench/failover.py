@@ -19,10 +19,14 @@ Parts (--part, default all three):
           (--size-timing, default v3 0.1 s): 0, 100k and 1M extra ESTABLISHED
           entries on the primary (lab.ctfill), replicated into the backup's
           conntrackd external cache before the crash, 1,000 flows; targets
-          gap <= floor + 0.1 s at 100k, <= floor + 0.5 s at 1M.  Before each
-          run the backup must have purged the previous run's copy of the
-          table (PurgeTimeout; waited for up to 150 s, else the run is shown
-          as STALE) unless --back-to-back
+          gap <= floor + 0.1 s at 100k, <= floor + 0.5 s at 1M.  Each size
+          runs with both takeover designs (--takeover): commit (the external
+          cache, committed by the hook: the default) and inject
+          (DisableExternalCache: the entries are in the backup's kernel
+          already).  In commit mode, before each run the backup must have
+          purged the previous run's copy of the table (PurgeTimeout; waited
+          for up to 150 s, else the run is shown as STALE) unless
+          --back-to-back
   soak    --soak-minutes (default 10) at the candidate default timing with a
           busy loop pinned to each CPU and 100 light flows: every VRRP
           transition (a hook run on either node) is a spurious one
@@ -134,8 +138,9 @@ def table_sizing(entries):
             "hash_size": max(32768, pow2_at_least(ct_max // 4))}
 
 
-def make_pillar(version, advert, entries=0):
-    """pillar.example with the pair's VRRP timing set and its tables sized for `entries`."""
+def make_pillar(version, advert, entries=0, takeover="commit", refresh_s=None):
+    """pillar.example with the pair's VRRP timing set, its tables sized for `entries`,
+    and conntrackd's takeover mode (commit: external cache; inject: DisableExternalCache)."""
     pillar = yaml.safe_load((REPO / "pillar.example").read_text())
     pair = pillar["hafw"]["clusters"][CLUSTER]
     pair["vrrp"]["version"] = version
@@ -144,6 +149,9 @@ def make_pillar(version, advert, entries=0):
     pair.setdefault("kernel", {})["nf_conntrack_max"] = sizing["nf_conntrack_max"]
     pair["conntrackd"]["hash_limit"] = sizing["hash_limit"]
     pair["conntrackd"]["hash_size"] = sizing["hash_size"]
+    pair["conntrackd"]["disable_external_cache"] = takeover == "inject"
+    if refresh_s:
+        pair["conntrackd"]["inject_refresh_s"] = refresh_s
     return pillar
 
 
@@ -429,29 +437,36 @@ def traffic_measures(main, probe):
 # ---------------------------------------------------------------------------
 
 class Scenario:
-    def __init__(self, part, version, advert, entries, mix, rate, probe, args):
+    def __init__(self, part, version, advert, entries, mix, rate, probe, args, takeover="commit"):
         self.part, self.version, self.advert, self.entries = part, version, advert, entries
         self.mix, self.rate, self.probe, self.args = mix, rate, probe, args
-        self.pillar = make_pillar(version, advert, entries)
+        self.takeover = takeover
+        self.inject = self.takeover == "inject"
+        self.pillar = make_pillar(version, advert, entries, self.takeover, args.inject_refresh)
         self.ct_max = self.pillar["hafw"]["clusters"][CLUSTER]["kernel"]["nf_conntrack_max"]
         backup = backup_node(self.pillar)
         self.priority = backup["vrrp"]["priority"]
         self.hook_timeout_s = backup["conntrackd"]["hook_timeout_s"]
         self.floor = floor_s(advert, self.priority)
-        self.commit_budget = COMMIT_S_PER_100K * entries / 100000
+        self.commit_budget = 0.0 if self.inject else COMMIT_S_PER_100K * entries / 100000
         # after the crash: the outage, then room for TCP's retransmission backoff and the stall rule
         self.post = min(MAX_FLOW_S - args.pre, max(6.0, 2 * (self.floor + self.commit_budget) + 4))
         self.name = (timing_label(version, advert) if part == "timing"
                      else "%d entries" % entries if part == "size" else "soak " + timing_label(version, advert))
         if part == "size" and entries and args.back_to_back:
             self.name += " back-to-back"
+        if self.inject:
+            self.name += " inject"
 
     def base(self, run):
         return {"part": self.part, "scenario": self.name, "run": run, "quick": self.args.quick,
                 "vrrp_version": self.version, "advert_int": self.advert, "backup_priority": self.priority,
                 "floor_ms": round(self.floor * 1000, 1), "entries": self.entries,
                 "nf_conntrack_max": self.ct_max, "hook_timeout_s": self.hook_timeout_s,
-                "batch": self.args.batch, "commit": self.args.commit, "load1": round(os.getloadavg()[0], 2),
+                "takeover": self.takeover,
+                "inject_refresh_s": self.pillar["hafw"]["clusters"][CLUSTER]["conntrackd"].get("inject_refresh_s"),
+                "batch": self.args.batch, "commit": self.args.commit,
+                "load1": round(os.getloadavg()[0], 2),
                 "labs_alive": labs_alive()}
 
 
@@ -480,6 +495,9 @@ def quiesce(fleet, sc, res, timeout=150):
     changing.  Without this, run 2+ would commit over stale entries (clashes: a slower
     commit) on a machine still busy with the purge: a different scenario (--back-to-back)."""
     if not sc.entries or sc.args.back_to_back:
+        return
+    if sc.inject:  # the backup's kernel table is the replica: nothing stale to wait for
+        res["backup_kernel_at_start"] = conntrack_count(fleet[BACKUP])
         return
     t0 = time.time()
     limit = 5000 + sc.entries // 100
@@ -516,12 +534,13 @@ def prepare_table(fleet, sc, res):
                            timeout=n / sc.args.fill_rate * 2 + 120).stdout
         res["fill"] = json.loads(out)
     if n:
-        wait_for(lambda: conntrackd_caches(backup)[1] >= n, n / 10000 + 60, "%s's external cache >= %d" % (BACKUP, n),
-                 interval=1.0)
-        last = conntrackd_caches(backup)[1]
+        # commit: the backup's external cache; inject: its kernel table
+        replica = (lambda: conntrack_count(backup)) if sc.inject else (lambda: conntrackd_caches(backup)[1])
+        wait_for(lambda: replica() >= n, n / 10000 + 60, "%s's replica >= %d" % (BACKUP, n), interval=1.0)
+        last = replica()
         for _ in range(30):  # then until it stops growing (the sync has caught up)
             time.sleep(1.0)
-            now = conntrackd_caches(backup)[1]
+            now = replica()
             if now == last:
                 break
             last = now
@@ -590,7 +609,8 @@ def failback(fleet, flows, probe, sc, res, boots):
     fb["window_left_s"] = round(t_ready + duration - done, 1)
     fb["in_window"] = fb["window_left_s"] >= max(4.0, done - hook["begin"] + 2.0)
     fb["by_client"], fb["lost_why"] = m["by_client"], m["lost_why"]
-    fb["primary_extra_after"] = extra_count(fleet[PRIMARY]) if sc.entries else 0
+    # the whole table, from /proc (listing 1M entries under a resync takes minutes)
+    fb["primary_kernel_after"] = conntrack_count(fleet[PRIMARY])
     res["failback"] = fb
 
 
@@ -785,9 +805,10 @@ def table(header, rows):
 
 def stale_backup(r):
     """The backup's kernel still held the previous run's copy of the table at the crash
-    (not purged yet): the commit then meets clashes.  Such runs are shown apart."""
+    (not purged yet): the commit then meets clashes.  Such runs are shown apart.
+    In inject mode the backup's kernel table is the replica: never stale."""
     entries = r.get("entries") or 0
-    return bool(entries) and (r.get("backup_kernel") or 0) > 5000 + entries // 100
+    return bool(entries) and r.get("takeover") != "inject" and (r.get("backup_kernel") or 0) > 5000 + entries // 100
 
 
 def groups(runs, part):
@@ -909,6 +930,11 @@ def main(argv=None):
     p.add_argument("--fill-rate", type=float, default=25000.0, help="entries/s of the fill (conntrackd keeps up)")
     p.add_argument("--back-to-back", action="store_true",
                    help="part size: do not wait for the backup to purge the previous run's entries")
+    p.add_argument("--takeover", default="commit,inject",
+                   help="part size: commit (the external cache, the default design), inject "
+                        "(DisableExternalCache) or both (default commit,inject)")
+    p.add_argument("--inject-refresh", type=int, default=None,
+                   help="part size, --takeover inject: the backup's resync interval in s (default: the model's)")
     p.add_argument("--no-failback", dest="failback", action="store_false",
                    help="reboot without traffic: do not measure the failback")
     p.add_argument("--out", default=str(RESULTS))
@@ -933,6 +959,8 @@ def main(argv=None):
             or not 1 <= args.stress_per_cpu <= 4:
         p.error("bounds: --runs 1-20, --soak-minutes (0, 60], --probe-rate (0, 50], --size-flows 1-2000, "
                 "--sizes 0-2000000, --pre 1-20, --stress-per-cpu 1-4")
+    if not set(args.takeover.split(",")) <= {"commit", "inject"}:
+        p.error("--takeover: commit, inject or commit,inject")
     args.batch = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     args.commit = git_commit()
     restore_leftover_sysctls()
@@ -948,7 +976,8 @@ def main(argv=None):
         version, advert = parse_timing(args.size_timing)
         mix = (size_flows * 3 // 5, size_flows // 5, size_flows - size_flows * 3 // 5 - size_flows // 5)
         for n in sizes:
-            scenarios.append(Scenario("size", version, advert, n, mix, 5.0, True, args))
+            for mode in args.takeover.split(","):
+                scenarios.append(Scenario("size", version, advert, n, mix, 5.0, True, args, takeover=mode))
     started = time.monotonic()
     for sc in scenarios:
         run_scenario(sc, runs, results)

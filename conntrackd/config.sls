@@ -96,8 +96,14 @@ hafw-conntrackd-hook:
         start_if_down: {{ mapdata.hook.start_if_down | json }}
         {#- the takeover gate (docs/takeover.md); empty: no gate #}
         gate_chain: {{ node.conntrackd.gate_chain | json }}
-        gate_table: mangle
+        gate_table: {{ node.conntrackd.gate_table | json }}
+        gate_backend: {{ node.conntrackd.gate_backend | json }}
         iptables_bin: {{ mapdata.hook.iptables_bin | json }}
+        nft_bin: {{ mapdata.hook.nft_bin | json }}
+        {#- DisableExternalCache: nothing to commit; a backup refreshes #}
+        inject: {{ ('yes' if node.conntrackd.disable_external_cache else 'no') | json }}
+        refresh_s: {{ node.conntrackd.inject_refresh_s | json }}
+        hold_max_s: {{ node.conntrackd.hold_max_s | json }}
     - require:
       - file: hafw-conntrackd-config-dirs
 

@@ -53,7 +53,7 @@ hafw-iptables-ruleset-applied:
         not drift, and after a restore (which drops it) the hook puts it back
         on a node that is not primary (docs/takeover.md) #}
     - ignore_live:
-      - {{ ("-A PREROUTING -j " ~ node.firewall.gate_chain) | json }}
+      - {{ node.firewall.gate_jump | json }}
     - on_applied:
       - {{ mapdata.gate_sync_hook | json }}
       - gate-sync

@@ -244,7 +244,9 @@ def test_compiled_states(chunks):
         "log_file": "/var/log/hafw-conntrackd.log", "state_file": "/run/conntrackd/hafw-role",
         "timeout_s": 10, "start_if_down": "no",
         # the takeover gate (docs/takeover.md): the pair's iptables ruleset defines the chain
-        "gate_chain": "HAFW_GATE", "gate_table": "mangle", "iptables_bin": "/usr/sbin/iptables"}
+        "gate_chain": "HAFW_GATE", "gate_table": "mangle", "iptables_bin": "/usr/sbin/iptables",
+        "inject": "no", "refresh_s": 30, "hold_max_s": 10,
+        "gate_backend": "iptables", "nft_bin": "/usr/sbin/nft"}
     assert chunks["hafw-conntrackd-state-dir"]["name"] == "/run/conntrackd"
     assert "d /run/conntrackd 0755 root root -" in chunks[
         "hafw-conntrackd-state-dir-tmpfiles"]["contents"]
@@ -502,3 +504,16 @@ def test_replication_and_resync_after_a_restart(pair):
     wait_for(lambda: entry("10.3.3.3", 3333).search(b.cache("-e")), 10,
              "A's new entry on B after -B")
     assert entry("10.1.1.1", 1111).search(b.cache("-e"))
+
+
+def test_inject_mode_reaches_the_hook(tmp_path):
+    """DisableExternalCache changes what the hook does at each transition
+    (docs/takeover.md): the rendered hook must say so, as the string the
+    hook compares (a YAML `yes` in the state's context would become True)."""
+    pillar = write_pillar(tmp_path / "p.sls", conntrackd={"disable_external_cache": True, "inject_refresh_s": 20})
+    out = render("fw-cent7j", tmp_path / "out", pillar=pillar)
+    assert "DisableExternalCache on" in words((out / CONF).read_text())
+    hook = (out / "etc/conntrackd/primary-backup.sh").read_text().splitlines()
+    assert "INJECT_DEFAULT='yes'" in hook and "REFRESH_S_DEFAULT='20'" in hook
+    seed = render("fw-cent7j", tmp_path / "seed") / "etc/conntrackd/primary-backup.sh"
+    assert "INJECT_DEFAULT='no'" in seed.read_text().splitlines()

@@ -733,3 +733,184 @@ def test_sigterm_stops_the_hook_and_its_client(tmp_path, syslog_stub):
         assert time.monotonic() < deadline, "the conntrackd client survived"
         time.sleep(0.05)
     assert "terminated by SIGTERM during step 'commit'" in log_file.read_text()
+
+
+# --------------------------------------------------------------------------
+# inject mode (DisableExternalCache; docs/takeover.md)
+
+LOOP_RX = re.compile(r"refresh loop started \(pid (\d+),")
+
+
+@pytest.fixture
+def fake_inject(tmp_path, syslog_stub):
+    """The fake conntrackd behind a hook rendered for inject mode; every
+    refresh loop it starts is killed at the end, also on failure."""
+    calls = tmp_path / "calls.txt"
+    fake_bin = tmp_path / "fake-conntrackd"
+    fake_bin.write_text(FAKE.format(calls=calls))
+    fake_bin.chmod(0o755)
+    (tmp_path / "conntrackd.conf").write_text("General {\n  LockFile /nonexistent/lock\n}\n")
+    hook = render_hook(tmp_path, conntrackd_bin=str(fake_bin), inject="yes", refresh_s=3600)
+    env, _ = syslog_stub
+    log_file, _ = hook_paths(tmp_path)
+    yield hook, calls, env
+    text = log_file.read_text() if log_file.exists() else ""
+    for pid in map(int, LOOP_RX.findall(text)):
+        if pid_alive(pid) and "refresh-loop" in cmdline(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def loops_started(log_file: Path) -> list[int]:
+    return [int(p) for p in LOOP_RX.findall(log_file.read_text())]
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["primary"], ["-f internal", "-R", "-B"]),
+    (["backup"], ["-s", "-f internal", "-n"]),
+    (["fault"], ["-f internal"]),
+    (["stop"], ["-s", "-f internal", "-n"]),
+])
+def test_inject_mode_commits_nothing_and_never_purges(fake_inject, tmp_path, argv, expected):
+    """Nothing to commit (the states are in the kernel already); leaving
+    primary forgets the own connections (-f internal) instead of purging the
+    kernel table (-t), which is the replica now."""
+    hook, calls, env = fake_inject
+    res = run_hook(hook, *argv, env=env)
+    assert res.returncode == 0, res.stderr
+    assert calls_of(calls) == expected
+    log_file, _ = hook_paths(tmp_path)
+    assert bool(loops_started(log_file)) == (argv == ["backup"])
+
+
+def test_inject_refresh_loop_runs_while_backup(fake_inject, tmp_path):
+    """The backup's loop asks for a resync every REFRESH_S seconds, runs
+    once per node, and ends when the node is no longer backup."""
+    hook, calls, env = fake_inject
+    env = dict(env, HAFW_HOOK_REFRESH_S="1")
+    log_file, state_file = hook_paths(tmp_path)
+    assert run_hook(hook, "backup", env=env).returncode == 0
+    assert run_hook(hook, "backup", env=env).returncode == 0
+    first, second = loops_started(log_file)
+    deadline = time.monotonic() + 10
+    while pid_alive(second):  # the lock is held by the first loop
+        assert time.monotonic() < deadline, "a second refresh loop kept running"
+        time.sleep(0.05)
+    assert pid_alive(first)
+    before = calls_of(calls).count("-n")
+    time.sleep(3.5)
+    assert calls_of(calls).count("-n") - before >= 2
+    assert run_hook(hook, "primary", env=env).returncode == 0
+    deadline = time.monotonic() + 5
+    while pid_alive(first):
+        assert time.monotonic() < deadline, "the refresh loop outlived the backup role"
+        time.sleep(0.05)
+    assert "refresh: the role is now 'primary': stopping" in log_file.read_text()
+    assert log_file.read_text().count("refresh: every 1s") == 1
+
+
+# --------------------------------------------------------------------------
+# the takeover gate with the nftables backend (docs/takeover.md)
+
+NFT = shutil.which("nft") or "/usr/sbin/nft"
+
+
+@pytest.fixture
+def nft_netns(tmp_path):
+    """A namespace holding the model's nft script of fw-cent7i (table ip hafw, gate chains)."""
+    _require_lab()
+    if not os.access(NFT, os.X_OK):
+        pytest.skip("nft not available")
+    import sys
+    sys.path.insert(0, str(REPO / "_utils"))
+    import hafw_model
+    import yaml
+
+    pillar = yaml.safe_load((REPO / "pillar.example").read_text())["hafw"]
+    pillar["clusters"]["fw-pair"]["firewall"]["backend"] = "nftables"
+    node = hafw_model.node(pillar, "fw-cent7i")
+    script = tmp_path / "hafw.nft"
+    script.write_text(node["firewall"]["nftables"])
+    ns = f"hfhk{secrets.token_hex(2)}"
+    subprocess.run([IP, "netns", "add", ns], check=True)
+    try:
+        subprocess.run(ns_exec(ns, NFT, "-f", script), check=True)
+        yield ns, node["conntrackd"]
+    finally:
+        subprocess.run([IP, "netns", "delete", ns], check=False)
+
+
+def gate_hook_rules(ns):
+    out = subprocess.run(ns_exec(ns, NFT, "list", "chain", "ip", "hafw", "gate_hook"),
+                         capture_output=True, text=True, check=True).stdout
+    return [line.strip() for line in out.splitlines() if line.strip().startswith("jump")]
+
+
+def test_nftables_gate_closes_on_backup_and_opens_on_primary(nft_netns, fake, tmp_path):
+    ns, ctd = nft_netns
+    _, calls, env = fake
+    hook = render_hook(tmp_path, name="nft-hook.sh", conntrackd_bin=str(tmp_path / "fake-conntrackd"),
+                       gate_chain=ctd["gate_chain"], gate_table=ctd["gate_table"],
+                       gate_backend=ctd["gate_backend"], nft_bin=NFT)
+    log_file, _ = hook_paths(tmp_path)
+    assert gate_hook_rules(ns) == []  # the ruleset loads open
+    for _ in range(2):  # closing twice leaves one jump
+        assert run_hook(hook, "backup", ns=ns, env=env).returncode == 0
+        assert gate_hook_rules(ns) == ["jump gate"]
+    assert run_hook(hook, "primary", ns=ns, env=env).returncode == 0
+    assert gate_hook_rules(ns) == []
+    steps = step_lines(log_file.read_text(), "primary")
+    assert steps["gate-open"]["rc"] == "0"
+    # after a reload of the table (a converge), gate-sync follows the role file
+    subprocess.run(ns_exec(ns, NFT, "add", "rule", "ip", "hafw", "gate_hook", "jump", "gate"), check=True)
+    assert run_hook(hook, "gate-sync", ns=ns, env=env).returncode == 0
+    assert gate_hook_rules(ns) == []
+    assert run_hook(hook, "fault", ns=ns, env=env).returncode == 0
+    assert gate_hook_rules(ns) == ["jump gate"]
+
+
+# --------------------------------------------------------------------------
+# the resync hold: keepalived's vrrp_script "HOOK synced" after a boot
+
+COUNTING = """#!/bin/sh
+case "$*" in
+  *"-s cache"*) printf 'cache:external\\tactive objects:\\t%s\\n' "$(cat {count})" ;;
+esac
+exit 0
+"""
+
+
+def test_synced_holds_while_the_replica_grows(tmp_path, syslog_stub):
+    """Fails while the external cache grows by more than 2,000 entries a
+    second or for the first 2 s; then passes, for good (a marker, so that a
+    loaded machine answers at once), and after hold_max_s whatever the count."""
+    env, _ = syslog_stub
+    count = tmp_path / "count"
+    count.write_text("0")
+    fake_bin = tmp_path / "counting-conntrackd"
+    fake_bin.write_text(COUNTING.format(count=count))
+    fake_bin.chmod(0o755)
+    hook = render_hook(tmp_path, conntrackd_bin=str(fake_bin), hold_max_s=60)
+    log_file, state_file = hook_paths(tmp_path)
+    marker = Path(f"{state_file}.synced")
+
+    def synced():
+        return run_hook(hook, "synced", env=env).returncode
+
+    assert synced() == 1  # the first look: no rate yet
+    for n in (50_000, 120_000, 190_000):  # a resync arriving: ~70k entries a second
+        count.write_text(str(n))
+        time.sleep(1.0)
+        assert synced() == 1, n
+    time.sleep(1.1)  # no growth for a second
+    assert synced() == 0
+    assert marker.exists() and "synced: the replica holds 190000 entries" in log_file.read_text()
+    count.write_text("900000")  # growth after the pass no longer matters
+    assert synced() == 0
+
+    # a peer that never answers must not keep the node out of VRRP for ever
+    marker.unlink()
+    hook = render_hook(tmp_path, name="hook2.sh", conntrackd_bin=str(tmp_path / "absent"), hold_max_s=2)
+    assert run_hook(hook, "synced", env=env).returncode == 1
+    time.sleep(2.2)
+    assert run_hook(hook, "synced", env=env).returncode == 0
+    assert "still not settled after 2s (replica: -1 entries): letting VRRP run" in log_file.read_text()

@@ -221,6 +221,12 @@ def test_nftables_ruleset_applied_idempotent_and_repaired(tmp_path, netns):
     again = minion.apply("iptables.config")
     assert changes(again) == {}, changes(again)
 
+    # the takeover gate's jump belongs to the transition hook: not drift
+    assert "chain gate_hook {" in listing and "jump gate" not in listing
+    ns_run(netns, "nft", "add", "rule", "ip", "hafw", "gate_hook", "jump", "gate")
+    assert changes(minion.apply("iptables.config")) == {}
+    ns_run(netns, "nft", "flush", "chain", "ip", "hafw", "gate_hook")
+
     ns_run(netns, "nft", "insert", "rule", "ip", "hafw", "forward", "accept")
     fixed = minion.apply("iptables.config")
     applied = fixed["hafw-iptables-ruleset-applied"]

@@ -185,10 +185,29 @@ def salt_call(cfg: Path, *args, ns: str | None = None):
 # the rendered files
 
 
+HOOK = "/etc/conntrackd/primary-backup.sh"
+
+
+@pytest.fixture
+def secure_hook():
+    """An executable stand-in for the conntrackd hook where keepalived's
+    script security accepts it (root-owned directories only, unlike /tmp):
+    keepalived -t refuses a config whose track script does not exist."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="hafw-ka-test-", dir="/run"))
+    base.chmod(0o755)
+    hook = base / "primary-backup.sh"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    yield hook
+    shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.mark.parametrize("node", PAIR_NODES)
-def test_rendered_file_passes_keepalived_check(rendered, netns, tmp_path, node):
+def test_rendered_file_passes_keepalived_check(rendered, netns, tmp_path, node, secure_hook):
     conf = tmp_path / "keepalived.conf"
-    conf.write_text(rendered[node])
+    conf.write_text(rendered[node].replace(HOOK, str(secure_hook)))
     proc = check(netns(node_interfaces(node)), conf)
     assert proc.returncode == 0, proc.stderr
     assert rendered[node].startswith("# Managed by Salt (hafw formula)")
@@ -237,6 +256,9 @@ def test_fw_files_carry_the_seed_settings(rendered):
         assert "enable_script_security" in gdefs and "script_user root" in gdefs
         assert "vrrp_notify_fifo /run/keepalived/notify.fifo" in gdefs
         assert "lvs_sync_daemon" not in text and "virtual_server" not in text
+        # the resync hold: FAULT after a boot until conntrackd has the peer's table
+        assert words(block(text, "vrrp_script hafw_resync")) == [
+            f'script "{hook} synced"', "interval 1", "timeout 5", "fall 3", "init_fail"]
         assert words(block(text, "vrrp_sync_group G1")) == [
             "group {", "VI_1", "VI_2", "}",
             f'notify_master "{hook} primary"', f'notify_backup "{hook} backup"',
@@ -251,7 +273,7 @@ def test_fw_files_carry_the_seed_settings(rendered):
             assert lines == [
                 f"interface {iface}", f"state {state}", f"virtual_router_id {vrid}",
                 f"priority {priority}", "advert_int 3", "version 2", "garp_master_delay 1",
-                "virtual_ipaddress {", *vips, "}",
+                "virtual_ipaddress {", *vips, "}", "track_script {", "hafw_resync", "}",
             ]
             assert not any(line.startswith("notify") for line in lines)  # on the group
 
@@ -261,7 +283,7 @@ def test_redhat_renders_the_same_file(rendered, tmp_path):
         assert render(node, tmp_path / node, os_family="RedHat") == rendered[node]
 
 
-def test_single_instance_carries_the_notify_lines(netns, tmp_path):
+def test_single_instance_carries_the_notify_lines(netns, tmp_path, secure_hook):
     """One instance: no sync group (keepalived -t rejects a group of one)."""
     data = yaml.safe_load(PILLAR.read_text())
     vrrp = data["hafw"]["clusters"]["fw-pair"]["vrrp"]
@@ -273,11 +295,13 @@ def test_single_instance_carries_the_notify_lines(netns, tmp_path):
     assert "vrrp_sync_group" not in text
     assert 'notify_master "/etc/conntrackd/primary-backup.sh primary"' in words(
         block(text, "vrrp_instance VI_1"))
-    proc = check(netns(node_interfaces("fw-cent7i")), tmp_path / "out" / CONF)
+    conf = tmp_path / "out" / CONF
+    conf.write_text(text.replace(HOOK, str(secure_hook)))
+    proc = check(netns(node_interfaces("fw-cent7i")), conf)
     assert proc.returncode == 0, proc.stderr
 
 
-def test_pass_through_options_are_printed(netns, tmp_path):
+def test_pass_through_options_are_printed(netns, tmp_path, secure_hook):
     """global_defs, instance options, track scripts and interfaces reach the file."""
     data = yaml.safe_load(PILLAR.read_text())
     vrrp = data["hafw"]["clusters"]["fw-pair"]["vrrp"]
@@ -298,9 +322,11 @@ def test_pass_through_options_are_printed(netns, tmp_path):
     assert words(block(text, "vrrp_script chk_fw")) == [
         'script "/bin/true"', "interval 2", "fall 2"]
     vi1 = words(block(text, "vrrp_instance VI_1"))
-    assert vi1[-8:] == ["track_interface {", "enp0s9", "}", "track_script {", "chk_fw", "}",
+    assert vi1[-9:] == ["track_interface {", "enp0s9", "}", "track_script {", "hafw_resync", "chk_fw", "}",
                         "dont_track_primary", "lower_prio_no_advert"]
-    proc = check(netns(node_interfaces("fw-cent7i")), tmp_path / "out" / CONF)
+    conf = tmp_path / "out" / CONF
+    conf.write_text(text.replace(HOOK, str(secure_hook)))
+    proc = check(netns(node_interfaces("fw-cent7i")), conf)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -342,9 +368,11 @@ def test_compiled_states(salt_config):
 
 @pytest.mark.skipif(not SALT_CALL.exists(), reason=f"needs {SALT_CALL}")
 def test_check_cmd_runs_before_the_live_file_is_replaced(salt_config, rendered, netns,
-                                                         tmp_path):
+                                                         tmp_path, secure_hook):
     low = salt_call(salt_config, "state.show_low_sls", "keepalived.config")
     chunk = next(c for c in low if c["__id__"] == "hafw-keepalived-config")
+    # keepalived -t needs the track script (the hook) to exist where it points
+    chunk["context"]["mapdata"]["notify_hook"] = str(secure_hook)
     live = tmp_path / "etc" / "keepalived.conf"
     live.parent.mkdir()
     live.write_text("# the running configuration\n")
@@ -365,7 +393,7 @@ def test_check_cmd_runs_before_the_live_file_is_replaced(salt_config, rendered, 
     good["name"] = str(live)
     ret = salt_call(salt_config, "state.low", json.dumps(good), ns=ns)
     assert ret["result"] is True, ret["comment"]
-    assert live.read_text() == rendered["fw-cent7i"]
+    assert live.read_text() == rendered["fw-cent7i"].replace(HOOK, str(secure_hook))
     assert live.stat().st_mode & 0o777 == 0o640
 
     # unchanged: no change, and the check does not even run (a namespace

@@ -72,6 +72,17 @@ def keepalived_notify_stop(s, group, hook):
     return s | {f"vrrp_sync_group {group}/notify_stop {hook} stop"}
 
 
+def keepalived_resync_hold(s, hook):
+    """A vrrp_script that holds the sync group in FAULT after a boot until
+    conntrackd's startup resync is done, tracked by every instance."""
+    script = "vrrp_script hafw_resync"
+    s = s | {f"{script}/", f"{script}/script {hook} synced", f"{script}/interval 1",
+             f"{script}/timeout 5", f"{script}/fall 3", f"{script}/init_fail"}
+    for inst in {i.split("/")[0] for i in s if i.startswith("vrrp_instance ")}:
+        s |= {f"{inst}/track_script/", f"{inst}/track_script/hafw_resync"}
+    return s
+
+
 def keepalived_lvs_sync_moved(s):
     """lvs_sync_daemon_interface (deprecated) -> global_defs lvs_sync_daemon."""
     return {i for i in s if "lvs_sync_daemon_interface" not in i}
@@ -115,6 +126,7 @@ def test_firewall_keepalived_conf(rendered, family):
     want = keepalived_explicit_instance_settings(want)
     want = keepalived_global_defs(want, "fw-cent7i")
     want = keepalived_notify_stop(want, "G1", "/etc/conntrackd/primary-backup.sh")
+    want = keepalived_resync_hold(want, "/etc/conntrackd/primary-backup.sh")
     got = settings(read(rendered["fw-cent7i", family], "/etc/keepalived/keepalived.conf"))
     assert got == want, f"extra: {sorted(got - want)}\nmissing: {sorted(want - got)}"
 

@@ -20,6 +20,10 @@ scenario runs 250 flows and asserts none was lost or reset.
   on the master.
 - R9: five failovers in 30 s (inside cable out and in on the preferred
   node, preempt on).
+- Inject mode (DisableExternalCache, last: it lowers the UDP stream
+  timeout): 100k extra entries go straight into the backup's kernel table,
+  UDP flows outlive the stream timeout there because the backup asks for a
+  resync every 5 s, and the takeover commits nothing: 0 lost.
 """
 
 import copy
@@ -29,12 +33,14 @@ import time
 import pytest
 
 from lab import Lab
-from lab.diagnose import conntrackd_caches
+from lab.diagnose import conntrack_count, conntrackd_caches
 from lab.fleet import Fleet
+from lab.flows import INTERNET, OUT_UDP
 from lab.salt import example_pillar
 from lab.saltmaster import VENV_BIN
 from lab.wait import wait_for
 from test.support.failover import (
+    HOOK_LOG,
     PAIR_VIPS,
     REPO,
     Scenario,
@@ -74,6 +80,12 @@ SCALED = pair_pillar(kernel={"nf_conntrack_max": 131072}, conntrackd={"hash_limi
 # the same, with nopreempt (the race test's entries are still in the table)
 NOPREEMPT = pair_pillar(kernel={"nf_conntrack_max": 131072}, conntrackd={"hash_limit": 262144},
                         vrrp={"garp_master_delay": 2, "preempt": False})
+
+# inject mode, with a UDP stream timeout short enough that the test outlives it
+UDP_STREAM_TIMEOUT_S = 15
+INJECT = pair_pillar(kernel={"nf_conntrack_max": 131072,
+                             "sysctl": {"net.netfilter.nf_conntrack_udp_timeout_stream": UDP_STREAM_TIMEOUT_S}},
+                     conntrackd={"hash_limit": 262144, "disable_external_cache": True, "inject_refresh_s": 5})
 
 
 def apply_pillar(fleet, pillar):
@@ -160,15 +172,20 @@ def test_config_change_under_load_loses_no_flow(fleet, tmp_path):
     assert_nothing_lost(result)
 
 
-def test_race_free_takeover_with_100k_extra_entries(fleet, tmp_path):
-    apply_pillar(fleet, SCALED)
-    primary, backup = preferred_primary(fleet)
+def fill_and_replicate(fleet, primary, backup, replica, where):
+    """EXTRA_ENTRIES on the primary (lab.ctfill); wait until replica(backup) holds them."""
     fill = fleet[primary].exec(["sh", "-c", f"cd {REPO} && exec .venv/bin/python -m lab.ctfill "
                                             f"{EXTRA_ENTRIES} --timeout 600"], timeout=120)
     assert json.loads(fill.stdout)["errors"] == {}, fill.stdout
-    wait_for(lambda: conntrackd_caches(fleet[backup])[1] >= EXTRA_ENTRIES, 90,
-             f"{backup}'s external cache to hold the {EXTRA_ENTRIES} entries", 1,
-             lambda: f"caches of {backup}: {conntrackd_caches(fleet[backup])}")
+    wait_for(lambda: replica(fleet[backup]) >= EXTRA_ENTRIES, 90,
+             f"{backup}'s {where} to hold the {EXTRA_ENTRIES} entries", 1,
+             lambda: f"{backup}'s {where}: {replica(fleet[backup])}")
+
+
+def test_race_free_takeover_with_100k_extra_entries(fleet, tmp_path):
+    apply_pillar(fleet, SCALED)
+    primary, backup = preferred_primary(fleet)
+    fill_and_replicate(fleet, primary, backup, lambda h: conntrackd_caches(h)[1], "external cache")
     scenario = Scenario(fleet, tmp_path, "race-100k").start(duration=20)
     crash_and_take_over(fleet, scenario, primary, backup, TAKEOVER_S)
     (result,) = scenario.collect()
@@ -194,3 +211,28 @@ def test_r6_nopreempt_no_failback_then_forced_failback(fleet, tmp_path):
     scenario.takeover(primary, TAKEOVER_S)
     (result,) = scenario.collect()
     assert_nothing_lost(result)
+
+
+def udp_entries(host):
+    """The outbound UDP flows' entries (to the outside server) in the host's kernel table."""
+    out = host.exec(["conntrack", "-L", "-p", "udp", "-d", INTERNET, "--dport", str(OUT_UDP)], check=False).stdout
+    return len(out.splitlines())
+
+
+def test_inject_mode_takes_over_without_a_commit(fleet, tmp_path):
+    apply_pillar(fleet, INJECT)
+    primary, backup = preferred_primary(fleet)
+    # the replica is the backup's kernel table (no external cache)
+    fill_and_replicate(fleet, primary, backup, conntrack_count, "kernel table")
+    scenario = Scenario(fleet, tmp_path, "inject-100k").start(duration=45)
+    udp_flows = 50  # Flows.start's default
+    # past the stream timeout: without the backup's periodic resync its UDP entries would be gone
+    time.sleep(UDP_STREAM_TIMEOUT_S + 10)
+    assert udp_entries(fleet[primary]) == udp_flows
+    assert udp_entries(fleet[backup]) == udp_flows, "the backup's injected UDP entries expired"
+    crash_and_take_over(fleet, scenario, primary, backup, TAKEOVER_S)
+    (result,) = scenario.collect()
+    assert_nothing_lost(result)
+    log = fleet[backup].exec(["cat", HOOK_LOG]).stdout
+    takeover = log[log.rindex("primary: begin"):]
+    assert "step=commit" not in takeover and "step=gate-open rc=0" in takeover, takeover

@@ -155,9 +155,26 @@ def test_takeover_gate_can_be_turned_off(pillar):
     assert node["conntrackd"]["gate_chain"] == "" and "*mangle" not in node["firewall"]["iptables"]
 
 
-def test_nftables_backend_has_no_gate(pillar):
+def test_nftables_backend_gate(pillar):
+    """The same gate in table ip hafw: a regular chain, and an empty base chain
+    at priority mangle where the hook adds the jump (docs/takeover.md)."""
     pillar["clusters"]["fw-pair"]["firewall"]["backend"] = "nftables"
-    assert hafw_model.node(pillar, "fw-cent7i")["conntrackd"]["gate_chain"] == ""
+    node = hafw_model.node(pillar, "fw-cent7i")
+    ctd, fw = node["conntrackd"], node["firewall"]
+    assert (ctd["gate_chain"], ctd["gate_table"], ctd["gate_backend"]) == ("gate", "ip hafw", "nftables")
+    assert fw["gate_jump"] == "jump gate"
+    script = fw["nftables"]
+    gate = script.split("\tchain gate {\n")[1].split("\t}")[0].splitlines()
+    assert [r.strip().split(" comment")[0] for r in gate if " drop" in r] == [
+        'iifname "enp0s3" ct state invalid,new drop', 'iifname "enp0s8" ct state invalid,new drop']
+    assert '\t\tiifname "enp0s3" ip daddr 192.168.0.41 return comment "hafw: own address"' in gate
+    hook = script.split("\tchain gate_hook {\n")[1].split("\t}")[0].strip()
+    assert hook == "type filter hook prerouting priority mangle; policy accept;"
+
+
+def test_seed_pair_gate_is_iptables(pillar):
+    ctd = hafw_model.node(pillar, "fw-cent7i")["conntrackd"]
+    assert (ctd["gate_table"], ctd["gate_backend"]) == ("mangle", "iptables")
 
 
 def test_hook_timeout_follows_the_table(pillar):

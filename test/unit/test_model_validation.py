@@ -122,6 +122,8 @@ CASES = [
     ("external cache off in alarm mode",
      lambda p: at(p, *FW, "conntrackd").update(mode="alarm", disable_external_cache=True),
      "hafw:clusters:fw-pair:conntrackd:disable_external_cache", "not available in mode alarm"),
+    ("inject refresh too often", lambda p: at(p, *FW, "conntrackd").update(inject_refresh_s=1),
+     "hafw:clusters:fw-pair:conntrackd:inject_refresh_s", "1 is outside 5-3600"),
     ("unknown syslog facility", lambda p: at(p, *FW, "conntrackd").update(syslog="mail"),
      "hafw:clusters:fw-pair:conntrackd:syslog", "syslog facility"),
     ("UDP and Multicast mixed", lambda p: at(p, *FW, "conntrackd").update(
