@@ -82,7 +82,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "_utils"))  # the formula's model, plain Python
 import hafw_model  # noqa: E402
-from _util import hook_time  # noqa: E402
+from _util import RootConntrackLimits, hook_time, pow2_at_least, restore_leftover_sysctls, say  # noqa: E402
 
 from lab import Lab  # noqa: E402
 from lab.diagnose import conntrack_count, conntrackd_caches, gate_closed  # noqa: E402
@@ -94,8 +94,6 @@ RESULTS = HERE / "results" / "failover.json"
 CLUSTER = "fw-pair"
 PRIMARY, BACKUP = "fw-cent7i", "fw-cent7j"
 HOOK_LOG = "/var/log/hafw-conntrackd.log"
-SYSCTL = Path("/proc/sys/net/netfilter")
-SYSCTL_NOTE = Path("/run/hafw-bench-failover.sysctl.json")
 
 CANDIDATE = "3:0.1"  # the candidate default VRRP timing (version:advert_int)
 TIMINGS = "2:1,3:0.1,3:0.05"
@@ -103,10 +101,6 @@ SIZES = "0,100000,1000000"
 TARGET_S = {100_000: 0.1, 1_000_000: 0.5}  # allowed gap above the floor
 COMMIT_S_PER_100K = 1.5  # budget for the hook's commit (docs/takeover.md: ~1 s per 100k here)
 MAX_FLOW_S = 60.0  # longest flows run the bench starts for a failover
-
-
-def say(msg):
-    print("[%s] %s" % (time.strftime("%H:%M:%S"), msg), flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -122,13 +116,6 @@ def parse_timing(text):
 
 def timing_label(version, advert):
     return "v%d %gs" % (version, advert)
-
-
-def pow2_at_least(n):
-    p = 1
-    while p < n:
-        p *= 2
-    return p
 
 
 def table_sizing(entries):
@@ -165,78 +152,6 @@ def floor_s(advert, priority):
     return 3 * advert + (256 - priority) / 256 * advert
 
 
-# ---------------------------------------------------------------------------
-# the root namespace's conntrack limits (global: read-only in every other netns)
-# ---------------------------------------------------------------------------
-
-def _read_sysctl(name):
-    return int((SYSCTL / name).read_text().split()[0])
-
-
-def _write_sysctl(name, value):
-    (SYSCTL / name).write_text("%d\n" % value)
-
-
-def restore_leftover_sysctls():
-    """Undo what a bench killed by SIGKILL left raised (its note in /run says what)."""
-    try:
-        note = json.loads(SYSCTL_NOTE.read_text())
-    except (FileNotFoundError, ValueError):
-        return
-    pid = note.get("pid")
-    if pid and pid != os.getpid() and Path("/proc/%d" % pid).exists():
-        raise SystemExit("another failover bench (pid %d) holds the conntrack limits: %s" % (pid, SYSCTL_NOTE))
-    for name, (orig, mine) in note.get("changed", {}).items():
-        if _read_sysctl(name) == mine:
-            _write_sysctl(name, orig)
-            say("restored %s=%d (left raised to %d by a killed run)" % (name, orig, mine))
-    SYSCTL_NOTE.unlink(missing_ok=True)
-
-
-class RootConntrackLimits:
-    """Raise nf_conntrack_max (and nf_conntrack_buckets, only if the chains would pass
-    8 entries each) in the root namespace for a block; restore the originals on exit."""
-
-    def __init__(self, ct_max):
-        self.want = ct_max
-        self.changed = {}
-
-    def __enter__(self):
-        restore_leftover_sysctls()
-        cur_max, cur_buckets = _read_sysctl("nf_conntrack_max"), _read_sysctl("nf_conntrack_buckets")
-        plan = {}
-        if self.want > cur_max:
-            plan["nf_conntrack_max"] = (cur_max, self.want)
-        if self.want > 8 * cur_buckets:
-            plan["nf_conntrack_buckets"] = (cur_buckets, pow2_at_least(self.want // 4))
-        if not plan:
-            return self
-        SYSCTL_NOTE.write_text(json.dumps({"pid": os.getpid(), "changed": plan}))
-        try:
-            for name, (orig, new) in plan.items():
-                _write_sysctl(name, new)
-                self.changed[name] = (orig, new)
-                say("root netns: %s %d -> %d (restored at the end)" % (name, orig, new))
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        for name, (orig, new) in reversed(list(self.changed.items())):
-            try:
-                now = _read_sysctl(name)
-                if now == new:
-                    _write_sysctl(name, orig)
-                    say("root netns: %s restored to %d" % (name, orig))
-                else:
-                    say("root netns: %s is %d, not the %d set here: someone changed it; left as is"
-                        % (name, now, new))
-            except OSError as e:
-                say("root netns: could not restore %s=%d: %s" % (name, orig, e))
-        self.changed = {}
-        SYSCTL_NOTE.unlink(missing_ok=True)
-        return False
 
 
 # ---------------------------------------------------------------------------

@@ -77,3 +77,20 @@ hafw-conntrackd-bulk-send-after-restart:
           - '^primary\b'
     - onchanges:
       - service: hafw-conntrackd-service-running
+
+{#- Inject mode: a backup's refresh loop is started by its backup transition;
+    after a restart or a new hook (a switch to inject mode) on a running
+    backup no transition comes, so ask the hook to start it (it does nothing
+    unless the node is backup in inject mode, and never runs two loops) #}
+hafw-conntrackd-refresh-loop-after-restart:
+  cmd.run:
+    - name: {{ [mapdata.hook.path, 'refresh-start'] | map('quote') | join(' ') | json }}
+    - timeout: 10
+    - onlyif:
+      - fun: file.contains_regex
+        args:
+          - {{ mapdata.hook.state_file | json }}
+          - '^backup\b'
+    - onchanges:
+      - service: hafw-conntrackd-service-running
+      - file: hafw-conntrackd-hook

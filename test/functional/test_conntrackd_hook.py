@@ -782,6 +782,20 @@ def test_inject_mode_commits_nothing_and_never_purges(fake_inject, tmp_path, arg
     assert bool(loops_started(log_file)) == (argv == ["backup"])
 
 
+def test_refresh_start_only_on_an_inject_backup(fake_inject, tmp_path):
+    """Salt's "refresh-start" (after a restart or a new hook) starts the loop on a backup only."""
+    hook, calls, env = fake_inject
+    log_file, state_file = hook_paths(tmp_path)
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(f"primary {now_ms()}\n")
+    assert run_hook(hook, "refresh-start", env=env).returncode == 0
+    assert not log_file.exists() or loops_started(log_file) == []
+    state_file.write_text(f"backup {now_ms()}\n")
+    assert run_hook(hook, "refresh-start", env=env).returncode == 0
+    assert len(loops_started(log_file)) == 1
+    assert calls_of(calls) == []  # no conntrackd call, no gate change: only the loop
+
+
 def test_inject_refresh_loop_runs_while_backup(fake_inject, tmp_path):
     """The backup's loop asks for a resync every REFRESH_S seconds, runs
     once per node, and ends when the node is no longer backup."""

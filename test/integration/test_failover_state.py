@@ -28,6 +28,7 @@ scenario runs 250 flows and asserts none was lost or reset.
 
 import copy
 import json
+import re
 import time
 
 import pytest
@@ -173,10 +174,12 @@ def test_config_change_under_load_loses_no_flow(fleet, tmp_path):
 
 
 def fill_and_replicate(fleet, primary, backup, replica, where):
-    """EXTRA_ENTRIES on the primary (lab.ctfill); wait until replica(backup) holds them."""
+    """EXTRA_ENTRIES on the primary (lab.ctfill); wait until replica(backup) holds them.
+    An earlier test may have left the same entries in the pair's tables (the race
+    test's, carried by the failbacks since): those are "File exists", not errors."""
     fill = fleet[primary].exec(["sh", "-c", f"cd {REPO} && exec .venv/bin/python -m lab.ctfill "
                                             f"{EXTRA_ENTRIES} --timeout 600"], timeout=120)
-    assert json.loads(fill.stdout)["errors"] == {}, fill.stdout
+    assert set(json.loads(fill.stdout)["errors"]) <= {"EEXIST"}, fill.stdout
     wait_for(lambda: replica(fleet[backup]) >= EXTRA_ENTRIES, 90,
              f"{backup}'s {where} to hold the {EXTRA_ENTRIES} entries", 1,
              lambda: f"{backup}'s {where}: {replica(fleet[backup])}")
@@ -214,9 +217,14 @@ def test_r6_nopreempt_no_failback_then_forced_failback(fleet, tmp_path):
 
 
 def udp_entries(host):
-    """The outbound UDP flows' entries (to the outside server) in the host's kernel table."""
+    """The outbound UDP flows' entries (to the outside server) in the host's kernel table, as (src, sport)."""
     out = host.exec(["conntrack", "-L", "-p", "udp", "-d", INTERNET, "--dport", str(OUT_UDP)], check=False).stdout
-    return len(out.splitlines())
+    entries = set()
+    for line in out.splitlines():
+        if line.count("src=") == 2:
+            orig = dict(re.findall(r"(src|sport)=(\S+)", line[:line.rindex("src=")]))
+            entries.add((orig["src"], orig["sport"]))
+    return entries
 
 
 def test_inject_mode_takes_over_without_a_commit(fleet, tmp_path):
@@ -228,8 +236,9 @@ def test_inject_mode_takes_over_without_a_commit(fleet, tmp_path):
     udp_flows = 50  # Flows.start's default
     # past the stream timeout: without the backup's periodic resync its UDP entries would be gone
     time.sleep(UDP_STREAM_TIMEOUT_S + 10)
-    assert udp_entries(fleet[primary]) == udp_flows
-    assert udp_entries(fleet[backup]) == udp_flows, "the backup's injected UDP entries expired"
+    on_primary, on_backup = udp_entries(fleet[primary]), udp_entries(fleet[backup])
+    assert len(on_primary) >= udp_flows  # (and the entries earlier tests' flows left)
+    assert on_primary <= on_backup, f"{len(on_primary - on_backup)} UDP entries expired on the backup"
     crash_and_take_over(fleet, scenario, primary, backup, TAKEOVER_S)
     (result,) = scenario.collect()
     assert_nothing_lost(result)
