@@ -1,0 +1,551 @@
+"""
+The kernel's connection-tracking table, seen and trimmed through Salt.
+
+Reads go over ctnetlink with ``_utils/hafw_ctnetlink.py`` (a small reader
+chosen by measurement: ``bench/conntrack_table.py``); filters the kernel can
+apply (family, exact original-direction address, protocol, ports, mark,
+source or destination NAT) are sent with the dump request, the others
+(networks, TCP state, zone) are applied while the dump streams, so that a
+million entries are never held in memory at once. Every function works in
+the minion's network namespace.
+
+:depends: Linux with the ``nf_conntrack`` module; root (CAP_NET_ADMIN)
+
+CLI Example:
+
+.. code-block:: bash
+
+    salt '*fw*' conntrack.count
+    salt '*fw*' conntrack.summary top=5
+    salt 'fw-cent7i' conntrack.list proto=tcp dport=25 limit=20
+"""
+
+import ipaddress
+import logging
+import os
+import socket
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+try:
+    import hafw_ctd_stats
+    import hafw_ctnetlink
+
+    HAS_READER = True
+except ImportError:  # _utils not synced yet
+    HAS_READER = False
+
+log = logging.getLogger(__name__)
+__virtualname__ = "conntrack"
+__func_alias__ = {"list_": "list"}
+
+PROC = "/proc/sys/net/netfilter"
+STAT = "/proc/net/stat/nf_conntrack"
+PROTO_NUMBERS = {name: num for num, name in (hafw_ctnetlink.PROTOCOLS.items() if HAS_READER else ())}
+
+
+def __virtual__():
+    if not HAS_READER:
+        return (False, "conntrack: _utils/hafw_ctnetlink.py is not available; run saltutil.sync_all")
+    if not os.path.exists(os.path.join(PROC, "nf_conntrack_count")):
+        return (False, f"conntrack: {PROC}/nf_conntrack_count is missing: the nf_conntrack module is not loaded")
+    return __virtualname__
+
+
+def _read_int(name):
+    with open(os.path.join(PROC, name)) as fh:
+        return int(fh.read())
+
+
+def _kernel_error(exc, what):
+    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) in (1, 13):
+        return CommandExecutionError(f"cannot {what}: {exc.strerror or exc} (needs root or CAP_NET_ADMIN)")
+    return CommandExecutionError(f"cannot {what}: {exc}")
+
+
+# ---------------------------------------------------------------------------
+# filters
+# ---------------------------------------------------------------------------
+def _network(name, value):
+    try:
+        return ipaddress.ip_network(str(value), strict=False)
+    except ValueError as exc:
+        raise SaltInvocationError(f"{name}: {value!r} is not an address or a network ({exc})") from None
+
+
+def _port(name, value):
+    if value is None:
+        return None
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        port = -1
+    if not 0 <= port <= 65535:
+        raise SaltInvocationError(f"{name}: {value!r} is not a port number (0-65535)")
+    return port
+
+
+def _filters(proto=None, src=None, dst=None, sport=None, dport=None, state=None, mark=None,
+             zone=None, nat=None, family=None):
+    """Validate the filter arguments; split them into the kernel's part and a Python predicate."""
+    kernel, checks = {}, []
+    if family not in (None, "ipv4", "ipv6", 4, 6):
+        raise SaltInvocationError(f"family: {family!r} must be ipv4 or ipv6")
+    fam = {"ipv4": socket.AF_INET, 4: socket.AF_INET, "ipv6": socket.AF_INET6, 6: socket.AF_INET6}.get(family)
+    nets = {}
+    for name, value in (("src", src), ("dst", dst)):
+        if value is None:
+            continue
+        net = _network(name, value)
+        net_fam = socket.AF_INET6 if net.version == 6 else socket.AF_INET
+        if fam not in (None, net_fam):
+            raise SaltInvocationError(f"{name}: {value} is not of family {family}")
+        fam = net_fam
+        if net.num_addresses == 1:
+            kernel[name] = str(net.network_address)
+        else:
+            nets[name] = net
+    if proto is not None:
+        num = PROTO_NUMBERS.get(str(proto).lower())
+        if num is None:
+            if not str(proto).isdigit() or not 0 <= int(proto) <= 255:
+                raise SaltInvocationError(f"proto: {proto!r} is not one of {', '.join(sorted(PROTO_NUMBERS))} "
+                                          "or a protocol number")
+            num = int(proto)
+        kernel["proto"] = num
+    for name, value in (("sport", sport), ("dport", dport)):
+        port = _port(name, value)
+        if port is not None:
+            if kernel.get("proto") not in (6, 17, 132, 33, 136):
+                raise SaltInvocationError(f"{name} needs proto tcp, udp, sctp, dccp or udplite")
+            kernel[name] = port
+    if state is not None:
+        state = str(state).upper()
+        if state not in hafw_ctnetlink.TCP_STATES:
+            raise SaltInvocationError(f"state: {state!r} is not a TCP state ({', '.join(hafw_ctnetlink.TCP_STATES)})")
+        if kernel.setdefault("proto", 6) != 6:
+            raise SaltInvocationError("state is a TCP state: it needs proto tcp")
+        checks.append(lambda e: e.get("tcp_state") == state)
+    if mark is not None:
+        try:
+            kernel["mark"] = int(str(mark), 0)
+        except ValueError:
+            raise SaltInvocationError(f"mark: {mark!r} is not a number") from None
+    if zone is not None:
+        try:
+            zone = int(zone)
+        except (TypeError, ValueError):
+            raise SaltInvocationError(f"zone: {zone!r} is not a number") from None
+        checks.append(lambda e: e.get("zone", 0) == zone)
+    if nat not in (None, "snat", "dnat", "any"):
+        raise SaltInvocationError(f"nat: {nat!r} must be snat, dnat or any")
+    if nat in ("snat", "dnat"):
+        bit = hafw_ctnetlink.IPS_SRC_NAT if nat == "snat" else hafw_ctnetlink.IPS_DST_NAT
+        kernel.update(status=bit, status_mask=bit)
+    elif nat == "any":
+        both = hafw_ctnetlink.IPS_SRC_NAT | hafw_ctnetlink.IPS_DST_NAT
+        checks.append(lambda e: e.get("status", 0) & both)
+    for name, net in nets.items():
+        checks.append(lambda e, n=net, k=name: k in e["orig"] and ipaddress.ip_address(e["orig"][k]) in n)
+    if fam is None:
+        # the kernel filters a tuple only within one family: without an
+        # address or family to name it, protocol and ports are checked here
+        for key in ("proto", "sport", "dport"):
+            if key in kernel:
+                value = kernel.pop(key)
+                checks.append(lambda e, k=key, v=value: e["orig"].get(k) == v)
+    return fam or socket.AF_UNSPEC, kernel, checks
+
+
+def _matching(family, kernel, checks):
+    try:
+        for entry in hafw_ctnetlink.dump(family, **kernel):
+            if all(check(entry) for check in checks):
+                yield entry
+    except OSError as exc:
+        raise _kernel_error(exc, "read the conntrack table") from exc
+
+
+def _printable(entry):
+    out = dict(entry)
+    out["proto"] = hafw_ctnetlink.PROTOCOLS.get(entry["orig"].get("proto"), entry["orig"].get("proto"))
+    status = entry.get("status", 0)
+    out["flags"] = [name for bit, name in ((hafw_ctnetlink.IPS_ASSURED, "ASSURED"),
+                                           (hafw_ctnetlink.IPS_SEEN_REPLY, "SEEN_REPLY"),
+                                           (hafw_ctnetlink.IPS_SRC_NAT, "SNAT"),
+                                           (hafw_ctnetlink.IPS_DST_NAT, "DNAT")) if status & bit]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# functions
+# ---------------------------------------------------------------------------
+def count():
+    """
+    The number of entries in the table, from the kernel's own counter (no
+    dump: constant time at any table size).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*fw*' conntrack.count
+    """
+    try:
+        return _read_int("nf_conntrack_count")
+    except OSError as exc:
+        raise _kernel_error(exc, "read nf_conntrack_count") from exc
+
+
+def stats():
+    """
+    The table's size and the kernel's per-CPU counters: ``count``, ``max``
+    (nf_conntrack_max), ``buckets``, ``cpus`` (one dict of counters per CPU
+    as ``/proc/net/stat/nf_conntrack`` shows them: found, invalid,
+    insert_failed, drop, early_drop, ...) and ``total`` (their sums).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*fw*' conntrack.stats
+    """
+    try:
+        out = {"count": _read_int("nf_conntrack_count"), "max": _read_int("nf_conntrack_max"),
+               "buckets": _read_int("nf_conntrack_buckets")}
+        with open(STAT) as fh:
+            header, *rows = fh.read().split("\n")
+    except OSError as exc:
+        raise _kernel_error(exc, "read the conntrack statistics") from exc
+    names = header.split()
+    cpus = [dict(zip(names, (int(v, 16) for v in row.split()), strict=False)) for row in rows if row.strip()]
+    # "entries" is the global count repeated on every row: not a per-CPU counter
+    for cpu in cpus:
+        cpu.pop("entries", None)
+    out["cpus"] = cpus
+    out["total"] = {k: sum(c.get(k, 0) for c in cpus) for k in names if k != "entries"}
+    return out
+
+
+def list_(proto=None, src=None, dst=None, sport=None, dport=None, state=None, mark=None, zone=None,
+          nat=None, family=None, limit=100):
+    """
+    Entries of the table, filtered, at most ``limit`` of them (``limit=0``:
+    all; mind the size of the answer).
+
+    proto
+        ``tcp``, ``udp``, ``icmp``, ``sctp``, ... or a protocol number
+    src, dst
+        original-direction source or destination: an address (filtered by
+        the kernel) or a network such as ``192.168.1.0/24``
+    sport, dport
+        original-direction ports (need ``proto``)
+    state
+        TCP state (``ESTABLISHED``, ``TIME_WAIT``, ...)
+    mark, zone
+        conntrack mark and zone
+    nat
+        ``snat``, ``dnat`` or ``any``: NATed entries only
+    family
+        ``ipv4`` or ``ipv6``
+
+    Each entry: ``orig`` and ``reply`` tuples (src, dst, proto, ports or
+    ICMP type/code/id), ``proto``, ``tcp_state``, ``timeout``, ``mark``,
+    ``zone``, ``status`` and its ``flags`` (ASSURED, SEEN_REPLY, SNAT, DNAT).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'fw-cent7i' conntrack.list proto=tcp dport=25 state=ESTABLISHED limit=10
+        salt 'fw-cent7i' conntrack.list src=192.168.1.0/24 nat=snat
+    """
+    try:
+        limit = int(limit)
+    except (TypeError, ValueError):
+        raise SaltInvocationError(f"limit: {limit!r} is not a number") from None
+    family, kernel, checks = _filters(proto, src, dst, sport, dport, state, mark, zone, nat, family)
+    out = []
+    for entry in _matching(family, kernel, checks):
+        out.append(_printable(entry))
+        if limit and len(out) >= limit:
+            break
+    return out
+
+
+def summary(top=10, proto=None, src=None, dst=None, sport=None, dport=None, mark=None, nat=None, family=None):
+    """
+    What a million entries look like, without shipping a million entries:
+    ``entries``, ``by_protocol``, ``tcp_states``, ``snat``, ``dnat``,
+    ``assured``, and the ``top`` original-direction sources and
+    destinations. One streaming pass; the filters are the kernel's (exact
+    addresses, protocol, ports, mark, ``nat`` snat or dnat; a protocol
+    without an address counts IPv4 unless ``family=ipv6``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*fw*' conntrack.summary
+        salt 'fw-cent7i' conntrack.summary top=3 proto=udp
+    """
+    if family is None and proto is not None and src is None and dst is None:
+        family = "ipv4"  # the kernel filters a protocol within one family
+    family, kernel, checks = _filters(proto, src, dst, sport, dport, None, mark, None, nat, family)
+    if checks:
+        raise SaltInvocationError("summary filters by what the kernel can match: give src/dst as single "
+                                  "addresses, and nat as snat or dnat")
+    try:
+        return hafw_ctnetlink.summary(family, top=int(top), **kernel)
+    except OSError as exc:
+        raise _kernel_error(exc, "read the conntrack table") from exc
+
+
+def delete(proto=None, src=None, dst=None, sport=None, dport=None, state=None, mark=None, zone=None,
+           nat=None, family=None, all=False):  # pylint: disable=redefined-builtin
+    """
+    Delete the entries that match the filters (those of ``conntrack.list``).
+    At least one filter is required, or ``all=True`` (then see ``flush``).
+    Returns ``{"deleted": N, "gone": M}`` (M: entries that ended on their own
+    while the deletion ran).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'fw-cent7i' conntrack.delete src=192.168.1.60 proto=tcp dport=25
+    """
+    given = [proto, src, dst, sport, dport, state, mark, zone, nat, family]
+    if all is not True and given.count(None) == len(given):
+        raise SaltInvocationError("delete needs a filter (proto, src, dst, sport, dport, state, mark, zone, "
+                                  "nat or family), or all=True to delete every entry")
+    family, kernel, checks = _filters(proto, src, dst, sport, dport, state, mark, zone, nat, family)
+    try:
+        deleted, gone = hafw_ctnetlink.delete(_matching(family, kernel, checks))
+    except OSError as exc:
+        raise _kernel_error(exc, "delete conntrack entries") from exc
+    return {"deleted": deleted, "gone": gone}
+
+
+def flush(all=False, family=None):  # pylint: disable=redefined-builtin
+    """
+    Empty the table (every entry, or those of one family). Refused without
+    ``all=True``: on a firewall pair this drops every forwarded connection's
+    state, and NATed connections die.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'fw-cent7m' conntrack.flush all=True
+    """
+    if all is not True:
+        raise SaltInvocationError("flush empties the whole table: pass all=True to confirm")
+    fam, _kernel, _checks = _filters(family=family)
+    before = count()
+    try:
+        hafw_ctnetlink.flush(fam)
+    except OSError as exc:
+        raise _kernel_error(exc, "flush the conntrack table") from exc
+    return {"flushed": before, "left": count()}
+
+
+# ---------------------------------------------------------------------------
+# conntrackd: the replication daemon, through its UNIX socket (conntrackd -C CONF ...)
+# ---------------------------------------------------------------------------
+CONNTRACKD = "/usr/sbin/conntrackd"
+CONNTRACKD_CONFIG = "/etc/conntrackd/conntrackd.conf"
+HOOK_LOG = "/var/log/hafw-conntrackd.log"
+
+
+def _ctd_paths(config):
+    """conntrackd binary and config: argument, else the minion's ``conntrack.*`` options, else Debian's."""
+    binary = __opts__.get("conntrack.conntrackd_bin", CONNTRACKD)
+    config = config or __opts__.get("conntrack.conntrackd_config", CONNTRACKD_CONFIG)
+    return binary, config
+
+
+def _ctd(config, *args, what):
+    """Run conntrackd -C config ARGS; its stdout, or a CommandExecutionError that says why not."""
+    binary, config = _ctd_paths(config)
+    if not os.path.exists(binary):
+        raise CommandExecutionError(f"cannot {what}: {binary} is not installed")
+    try:
+        with open(config) as fh:
+            conf = hafw_ctd_stats.read_config(fh.read())
+    except OSError as exc:
+        raise CommandExecutionError(f"cannot {what}: cannot read {config}: {exc.strerror}") from exc
+    res = __salt__["cmd.run_all"]([binary, "-C", config, *args], python_shell=False, ignore_retcode=True)
+    if res["retcode"] != 0:
+        text = (res.get("stderr") or "") + (res.get("stdout") or "")
+        sock = conf.get("socket")
+        if "can't connect" in text:
+            if sock and not os.path.exists(sock):
+                why = f"conntrackd is not running (its socket {sock} does not exist)"
+            elif sock and not os.access(sock, os.W_OK):
+                why = f"permission denied on conntrackd's socket {sock} (run as root)"
+            else:
+                why = f"conntrackd does not answer on {sock or 'its socket'}"
+        else:
+            why = text.strip().splitlines()[-1] if text.strip() else f"exit status {res['retcode']}"
+        raise CommandExecutionError(f"cannot {what}: {why}")
+    return res.get("stdout") or "", conf
+
+
+def sync_status(config=None):
+    """
+    The replication at a glance: ``running``, ``mode`` (ftfw, alarm,
+    notrack), ``inject`` (DisableExternalCache), the ``internal`` and
+    ``external`` cache sizes (external is None in inject mode),
+    ``traffic`` on the sync link, ``errors`` (malformed or lost messages,
+    send/receive errors, netlink overruns), the ``resend_queue``,
+    ``uptime_min`` and the transition hook's ``last_commit`` (when, exit
+    status, duration). When conntrackd is not running: ``running: False``
+    and the reason.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*fw*' conntrack.sync_status
+    """
+    try:
+        cache_text, conf = _ctd(config, "-s", "cache", what="read conntrackd's caches")
+    except CommandExecutionError as exc:
+        return {"running": False, "reason": str(exc).split(": ", 1)[-1]}
+    cache = hafw_ctd_stats.caches(cache_text)
+    net = hafw_ctd_stats.network(_ctd(config, "-s", "network", what="read conntrackd's network stats")[0])
+    rt = hafw_ctd_stats.runtime(_ctd(config, "-s", "runtime", what="read conntrackd's runtime stats")[0])
+    qs = hafw_ctd_stats.queues(_ctd(config, "-s", "queue", what="read conntrackd's queues")[0])
+    try:
+        with open(__opts__.get("conntrack.hook_log", HOOK_LOG)) as fh:
+            last_commit = hafw_ctd_stats.last_step(fh.read(), "primary", "commit")
+    except OSError:
+        last_commit = None
+    tr = net["traffic"]
+    return {
+        "running": True, "mode": conf["mode"], "inject": conf["inject"],
+        "internal": cache.get("internal", {}).get("active"),
+        "external": None if conf["inject"] else cache.get("external", {}).get("active"),
+        "traffic": tr,
+        "errors": {"malformed": net["recv"].get("malformed_messages", 0),
+                   "lost": net["recv"].get("packets_lost", 0),
+                   "send": tr.get("errors_sent", 0), "recv": tr.get("errors_recv", 0),
+                   "netlink_overrun": rt["netlink"].get("netlink_overrun", 0)},
+        "resend_queue": qs.get("rsqueue", {}),
+        "uptime_min": rt["uptime_min"],
+        "last_commit": last_commit,
+    }
+
+
+def caches(dump=False, limit=100, config=None):
+    """
+    conntrackd's internal cache (this node's connections) and external
+    cache (the peer's), summarised: active objects and the create, update
+    and delete counters. ``dump=True`` adds up to ``limit`` entries of
+    each, as conntrackd prints them.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'fw-cent7j' conntrack.caches
+        salt 'fw-cent7j' conntrack.caches dump=True limit=10
+    """
+    text, conf = _ctd(config, "-s", "cache", what="read conntrackd's caches")
+    out = hafw_ctd_stats.caches(text)
+    if dump:
+        for name, flag in (("internal", "-i"), ("external", "-e")):
+            if name not in out:
+                continue
+            lines = _ctd(config, flag, what=f"dump conntrackd's {name} cache")[0].splitlines()
+            out[name]["entries"] = [line for line in lines if line.strip()][: int(limit) or None]
+    return out
+
+
+def _action(flag, doing, config):
+    _ctd(config, flag, what=doing)
+    return {"result": True, "done": doing}
+
+
+def commit(config=None):
+    """
+    Write the external cache (the peer's connections) into the kernel
+    table, as a new primary does; returns once conntrackd has finished.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'fw-cent7j' conntrack.commit
+    """
+    return _action("-c", "commit the external cache into the kernel table", config)
+
+
+def flush_caches(config=None):
+    """
+    Empty conntrackd's internal and external caches (not the kernel table).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'fw-cent7j' conntrack.flush_caches
+    """
+    return _action("-f", "flush conntrackd's caches", config)
+
+
+def resync(config=None):
+    """
+    Rebuild the internal cache from the kernel table (and send it to the
+    peer), as a new primary does after its commit.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'fw-cent7i' conntrack.resync
+    """
+    return _action("-R", "resync the internal cache with the kernel table", config)
+
+
+def request_resync(config=None):
+    """
+    Ask the peer for its whole state (it answers with a dump of its
+    table), as a backup does.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'fw-cent7j' conntrack.request_resync
+    """
+    return _action("-n", "ask the peer for a full resync", config)
+
+
+def bulk_send(config=None):
+    """
+    Send the whole internal cache to the peer.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'fw-cent7i' conntrack.bulk_send
+    """
+    return _action("-B", "send a bulk update to the peer", config)
+
+
+def shorten_timers(config=None):
+    """
+    Schedule the purge of this node's kernel entries after conntrackd's
+    PurgeTimeout (what an old primary does when it becomes backup; not in
+    inject mode, where the kernel table is the replica).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'fw-cent7i' conntrack.shorten_timers
+    """
+    return _action("-t", "schedule the purge of the kernel entries (PurgeTimeout)", config)
