@@ -30,6 +30,7 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 try:
     import hafw_ctd_stats
     import hafw_ctnetlink
+    import hafw_role
 
     HAS_READER = True
 except ImportError:  # _utils not synced yet
@@ -356,6 +357,7 @@ def flush(all=False, family=None):  # pylint: disable=redefined-builtin
 CONNTRACKD = "/usr/sbin/conntrackd"
 CONNTRACKD_CONFIG = "/etc/conntrackd/conntrackd.conf"
 HOOK_LOG = "/var/log/hafw-conntrackd.log"
+HOOK_STATE = "/run/conntrackd/hafw-role"
 
 
 def _ctd_paths(config):
@@ -549,3 +551,58 @@ def shorten_timers(config=None):
         salt 'fw-cent7i' conntrack.shorten_timers
     """
     return _action("-t", "schedule the purge of the kernel entries (PurgeTimeout)", config)
+
+
+# ---------------------------------------------------------------------------
+# the node's VRRP role, and whether conntrackd agrees with it
+# ---------------------------------------------------------------------------
+def _gate_closed(ctd):
+    """True/False: the hook's jump into the takeover gate is in place; None: no gate."""
+    chain = ctd.get("gate_chain")
+    if not chain:
+        return None
+    if ctd.get("gate_backend") == "nftables":
+        res = __salt__["cmd.run_all"](["nft", "list", "chain", *ctd["gate_table"].split(), "gate_hook"],
+                                      python_shell=False, ignore_retcode=True)
+        return res["retcode"] == 0 and f"jump {chain}" in res["stdout"]
+    res = __salt__["cmd.run_all"](["iptables", "-w", "5", "-t", ctd.get("gate_table", "mangle"), "-C",
+                                   "PREROUTING", "-j", chain], python_shell=False, ignore_retcode=True)
+    return res["retcode"] == 0
+
+
+def role(config=None):
+    """
+    This node's VRRP role and whether the connection-tracking side matches
+    it: per instance the VIPs it holds (``MASTER``: all, ``BACKUP``: none,
+    ``PARTIAL``), the sync group's role (``SPLIT`` when the instances
+    disagree), the transition hook's last transition, the takeover gate,
+    conntrackd and keepalived running, ``consistent``, and each problem in
+    words.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*fw*' conntrack.role
+    """
+    node = __salt__["hafw.node"]()
+    vrrp = node.get("vrrp")
+    if not vrrp:
+        raise CommandExecutionError(f"{node.get('id')} is in no VRRP pair: it has no role")
+    res = __salt__["cmd.run_all"](["ip", "-o", "addr", "show"], python_shell=False)
+    if res["retcode"] != 0:
+        raise CommandExecutionError(f"cannot list the addresses: {res.get('stderr')}")
+    instances = hafw_role.instance_roles(vrrp["instances"], hafw_role.parse_ip_addr(res["stdout"]))
+    ctd = node.get("conntrackd")
+    hook_role = None
+    try:
+        with open(__opts__.get("conntrack.hook_state_file", HOOK_STATE)) as fh:
+            hook_role = (fh.read().split() or [None])[0]
+    except OSError:
+        pass
+    keepalived = __salt__["cmd.run_all"](["pidof", "keepalived"], python_shell=False, ignore_retcode=True)
+    out = hafw_role.judge(instances, hook_role, _gate_closed(ctd) if ctd else None,
+                          bool(ctd) and sync_status(config)["running"], keepalived["retcode"] == 0, sync=bool(ctd))
+    out["instances"] = instances
+    out["sync_group"] = vrrp.get("sync_group")
+    return out
