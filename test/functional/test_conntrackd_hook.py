@@ -894,8 +894,8 @@ exit 0
 
 
 def test_synced_holds_while_the_replica_grows(tmp_path, syslog_stub):
-    """Fails while the external cache grows by more than 2,000 entries a
-    second or for the first 2 s; then passes, for good (a marker, so that a
+    """Fails while the external cache is empty, grows by more than 2,000
+    entries a second, or for the first 2 s; then passes, for good (a marker, so that a
     loaded machine answers at once), and after hold_max_s whatever the count."""
     env, _ = syslog_stub
     count = tmp_path / "count"
@@ -911,6 +911,8 @@ def test_synced_holds_while_the_replica_grows(tmp_path, syslog_stub):
         return run_hook(hook, "synced", env=env).returncode
 
     assert synced() == 1  # the first look: no rate yet
+    time.sleep(2.1)
+    assert synced() == 1  # empty and still for 2 s: the peer has not started sending yet
     for n in (50_000, 120_000, 190_000):  # a resync arriving: ~70k entries a second
         count.write_text(str(n))
         time.sleep(1.0)
