@@ -24,6 +24,8 @@ import ipaddress
 import logging
 import os
 import socket
+import subprocess
+import time
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
@@ -31,6 +33,7 @@ try:
     import hafw_ctd_stats
     import hafw_ctnetlink
     import hafw_role
+    import hafw_syncdiff
 
     HAS_READER = True
 except ImportError:  # _utils not synced yet
@@ -606,3 +609,238 @@ def role(config=None):
     out["instances"] = instances
     out["sync_group"] = vrrp.get("sync_group")
     return out
+
+
+# ---------------------------------------------------------------------------
+# sync health: the master's table against the backup's replica
+# ---------------------------------------------------------------------------
+SIDES = ("table", "internal", "replica")
+
+
+def _read_ctd_config(config):
+    _binary, path = _ctd_paths(config)
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except OSError as exc:
+        raise CommandExecutionError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _table_keys(text):
+    """Keys of the kernel entries conntrackd replicates (its Filter From Userspace/Kernelspace)."""
+    filt = hafw_syncdiff.SyncFilter.from_config(text)
+    try:
+        for entry in hafw_ctnetlink.dump():
+            o, r = entry["orig"], entry["reply"]
+            if filt.replicated(o.get("proto"), o.get("src"), r.get("src"), entry.get("tcp_state")):
+                yield hafw_syncdiff.key_of_entry(entry)
+    except OSError as exc:
+        raise _kernel_error(exc, "dump the conntrack table") from exc
+
+
+def _cache_keys(config, flag, what):
+    """Keys of a conntrackd cache dump (-i internal, -e external), streamed: a million lines are never held."""
+    _ctd(config, "-s", "cache", what=what)  # a clear error when conntrackd does not answer
+    binary, path = _ctd_paths(config)
+    # Popen, not cmd.run_all: the dump is read line by line instead of as one string
+    with subprocess.Popen([binary, "-C", path, flag], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          text=True) as proc:
+        for line in proc.stdout:
+            parsed = hafw_syncdiff.parse_cache_line(line)
+            if parsed:
+                yield parsed[0]
+    if proc.returncode:
+        raise CommandExecutionError(f"cannot {what}: {binary} {flag} exited with {proc.returncode}")
+
+
+def _side_keys(side, config):
+    if side not in SIDES:
+        raise SaltInvocationError(f"side: {side!r} must be one of {', '.join(SIDES)}")
+    text = _read_ctd_config(config)
+    if side == "table":
+        return _table_keys(text)
+    if side == "internal":
+        return _cache_keys(config, "-i", "dump conntrackd's internal cache")
+    if hafw_ctd_stats.read_config(text)["inject"]:
+        # DisableExternalCache: the peer's states are injected into the kernel table
+        return _table_keys(text)
+    return _cache_keys(config, "-e", "dump conntrackd's external cache")
+
+
+def _buckets_arg(buckets):
+    try:
+        n = int(buckets)
+    except (TypeError, ValueError):
+        n = 0
+    if not 1 <= n <= 1 << 16:
+        raise SaltInvocationError(f"buckets: {buckets!r} must be a number of buckets, 1-65536")
+    return n
+
+
+def sync_digest(side="table", buckets=4096, config=None):
+    """
+    A compact digest of one side of the replication, for comparison with
+    the peer's: per bucket the number of entries and the XOR of their
+    hashes (original-direction tuple). ``side``: ``table`` (the kernel
+    entries conntrackd replicates, after its filter), ``internal``
+    (conntrackd's internal cache), ``replica`` (what this node would
+    commit or already has: the external cache, or the kernel table in
+    inject mode).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'fw-cent7i' conntrack.sync_digest
+        salt 'fw-cent7j' conntrack.sync_digest side=replica buckets=1024
+    """
+    n = _buckets_arg(buckets)
+    digest = hafw_syncdiff.Digest(n)
+    started = time.monotonic()
+    for k in _side_keys(side, config):
+        digest.add(k)
+    out = digest.as_data()
+    out.update({"side": side, "id": __opts__.get("id"), "taken": time.time(),
+                "seconds": round(time.monotonic() - started, 3)})
+    return out
+
+
+def sync_keys(side="table", indexes=None, buckets=4096,
+              limit=100000, config=None):
+    """
+    The keys (``PROTO SRC DST SPORT DPORT``, or ICMP id and type.code) of
+    one side whose hash falls into the bucket ``indexes`` of a digest with
+    ``buckets`` buckets: the second step of a comparison, for the buckets
+    that differ. At most ``limit`` keys (``truncated`` says so).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'fw-cent7j' conntrack.sync_keys side=replica indexes='[3, 17]'
+    """
+    n = _buckets_arg(buckets)
+    if isinstance(indexes, str):
+        indexes = [i for i in indexes.replace(",", " ").split() if i]
+    elif isinstance(indexes, int):
+        indexes = [indexes]
+    try:
+        wanted = {int(i) for i in indexes or ()}
+    except (TypeError, ValueError):
+        raise SaltInvocationError(f"indexes: {indexes!r} must be a list of bucket numbers") from None
+    if not wanted or not all(0 <= i < n for i in wanted):
+        raise SaltInvocationError(f"indexes: {indexes!r} must be bucket numbers 0-{n - 1}")
+    keys, truncated = [], False
+    for k in _side_keys(side, config):
+        if hafw_syncdiff.bucket_of(k, n) in wanted:
+            if len(keys) >= int(limit):
+                truncated = True
+                break
+            keys.append(k)
+    return {"side": side, "keys": keys, "truncated": truncated}
+
+
+def _peer_call(peer, fun, kwargs, timeout):
+    """Run fun on the peer through the master's peer publishing; its return, or an error that says why not."""
+    arg = [f"{k}={v}" for k, v in kwargs.items()]
+    ret = __salt__["publish.publish"](peer, fun, arg=arg, timeout=timeout)
+    if not isinstance(ret, dict) or peer not in ret:
+        raise CommandExecutionError(
+            f"no answer from {peer} to {fun} within {timeout}s: the peer is down, or the salt-master does not "
+            f"allow {__opts__.get('id')} to publish {fun} (master config 'peer:', docs/operating.md)")
+    answer = ret[peer]
+    if isinstance(answer, str) and ("ERROR" in answer or "Traceback" in answer or "not available" in answer):
+        raise CommandExecutionError(f"{peer} answered {fun} with an error: {answer.strip().splitlines()[-1]}")
+    return answer
+
+
+def _my_side(config):
+    """(this node's side, the peer's side, group role): the master's table against the backup's replica."""
+    group = role(config)["group"]
+    if group == "MASTER":
+        return "table", "replica", group
+    if group == "BACKUP":
+        return "replica", "table", group
+    raise CommandExecutionError(f"this node's VRRP role is {group}: neither master nor backup, nothing to compare")
+
+
+def sync_health(peer=None, buckets=4096, settle=1.0,
+                max_keys=50000, timeout=60, sample=10, config=None):
+    """
+    Would a failover right now lose connections, and how many? Compares
+    the master's kernel table (the entries conntrackd replicates) with the
+    backup's replica (its external cache, or its kernel table in inject
+    mode), whichever of the two this node is; the peer is reached through
+    the salt-master's peer publishing (``publish.publish``).
+
+    Bucketed digests of both sides are compared first; for the buckets that
+    differ, the keys are fetched from both sides, and fetched again after
+    ``settle`` seconds: an entry counts as missing only if it is missing
+    both times (an entry created a moment ago is still on its way to the
+    peer). When more than ``max_keys`` keys would have to be fetched, the
+    shortfall is extrapolated from a part of the differing buckets
+    (``exact: False``).
+
+    Returns ``would_lose`` (entries of the master missing from the
+    backup's replica), ``stale`` (replica entries the master no longer
+    has: harmless, they expire), the sizes of both sides, a ``sample`` of
+    the missing keys, ``verdict`` in words, and the time taken.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*fw*' conntrack.sync_health
+        salt 'fw-cent7j' conntrack.sync_health settle=2 sample=20
+    """
+    n = _buckets_arg(buckets)
+    started = time.monotonic()
+    peers = __salt__["hafw.peers"]()
+    peer = peer or (peers[0] if len(peers) == 1 else None)
+    if not peer:
+        raise SaltInvocationError(f"peer: this node has peers {peers}; name the one to compare with")
+    mine_side, peer_side, group = _my_side(config)
+    peer_digest = _peer_call(peer, "conntrack.sync_digest", {"side": peer_side, "buckets": n}, timeout)
+    local_digest = sync_digest(mine_side, n, config)
+    digests = {mine_side: local_digest, peer_side: peer_digest}
+    differ = hafw_syncdiff.differing_buckets(digests["table"], digests["replica"])
+    table_total, replica_total = digests["table"]["total"], digests["replica"]["total"]
+    exact = True
+    chosen = differ
+    fetch = (hafw_syncdiff.bucket_counts(digests["table"], differ)
+             + hafw_syncdiff.bucket_counts(digests["replica"], differ))
+    if fetch > int(max_keys):
+        exact = False
+        chosen = differ[: max(1, len(differ) * int(max_keys) // fetch)]
+
+    def keys_of(side):
+        args = {"side": side, "indexes": ",".join(map(str, chosen)), "buckets": n, "limit": int(max_keys) + 1}
+        if side == mine_side:
+            return set(sync_keys(side, chosen, n, int(max_keys) + 1, config)["keys"])
+        return set(_peer_call(peer, "conntrack.sync_keys", args, timeout)["keys"])
+
+    missing = stale = set()
+    if chosen:
+        table1, replica1 = keys_of("table"), keys_of("replica")
+        missing, stale = table1 - replica1, replica1 - table1
+        if missing or stale:
+            time.sleep(float(settle))
+            table2, replica2 = keys_of("table"), keys_of("replica")
+            missing &= table2 - replica2
+            stale &= replica2 - table2
+    scale = len(differ) / len(chosen) if chosen else 1
+    would_lose = round(len(missing) * scale)
+    master, backup = (__opts__.get("id"), peer) if mine_side == "table" else (peer, __opts__.get("id"))
+    if would_lose:
+        verdict = (f"a failover now would lose {'about ' if not exact else ''}{would_lose} of the {table_total} "
+                   f"replicated connections of {master}: {backup}'s replica lacks them")
+    else:
+        verdict = f"{backup}'s replica holds every connection {master} replicates: a failover now loses none"
+    return {
+        "healthy": not would_lose, "would_lose": would_lose, "stale": round(len(stale) * scale), "exact": exact,
+        "master": master, "backup": backup, "role": group,
+        "table": table_total, "replica": replica_total,
+        "differing_buckets": len(differ), "buckets": n,
+        "sample": sorted(missing)[: int(sample)],
+        "verdict": verdict, "seconds": round(time.monotonic() - started, 3),
+    }

@@ -22,6 +22,9 @@ DEFAULTS = {
     # so that a rebooted node does not take the VIPs back with half a table;
     # only where the cluster runs conntrackd
     "resync_hold": True,
+    # files keepalived tracks so that the vrrp_sync states can demote this
+    # node (maintenance) and hand the master role over (docs/operating.md)
+    "maintenance": True,
     "sync_group": None,
     "notify_hook": None,  # None: on when the cluster runs conntrackd
     "track_interfaces": [],  # extra links whose loss makes the node give up
@@ -47,6 +50,7 @@ def check(chk, path, raw, nodes, node_ifaces):
     chk.boolean([*path, "unicast"], vrrp["unicast"])
     chk.integer([*path, "garp_master_delay"], vrrp["garp_master_delay"], 0, 255)
     chk.boolean([*path, "resync_hold"], vrrp["resync_hold"])
+    chk.boolean([*path, "maintenance"], vrrp["maintenance"])
     if vrrp["sync_group"] is not None:
         chk.name([*path, "sync_group"], vrrp["sync_group"], "sync group name")
     chk.mapping([*path, "global_defs"], vrrp["global_defs"])
@@ -208,6 +212,7 @@ def keepalived_view(vrrp, view, me, per_node):
         "sync_group": vrrp["sync_group"], "instances": instances,
         "track_scripts": vrrp["track_scripts"], "global_defs": vrrp["global_defs"],
         "resync_hold": vrrp["resync_hold"],
+        "maintenance": vrrp["maintenance"],
         "notify_hook": False, "state": per_node["state"], "priority": per_node["priority"],
         "vrrp_interfaces": sorted({i["interface"] for i in instances}),
         "peer_addresses": {i["interface"]: i["unicast_peers"] or

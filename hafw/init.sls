@@ -4,7 +4,7 @@
     dependency order (the order comes from the model: node.components). A
     firewall pair gets kernel, selinux, iptables, conntrackd, keepalived; a
     standalone firewall kernel and iptables; a load-balancer pair kernel,
-    selinux and keepalived. #}
+    selinux and keepalived. A firewall pair node ends with hafw.consistent. #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import node with context %}
 
@@ -13,6 +13,9 @@ include:
 {%- for component in node.components %}
   - {{ component }}
 {%- endfor %}
+{%-   if node.get('vrrp') and 'conntrackd' in node.components and 'keepalived' in node.components %}
+  - {{ tplroot }}.consistent
+{%-   endif %}
 {%- else %}
 
 hafw-node-in-no-cluster:

@@ -22,6 +22,16 @@ hafw-keepalived-fifo-dir:
     - group: root
     - mode: '0750'
 
+{#- the persistent demote file's directory (track_file's init_file makes the
+    file, not the directory); the other maintenance files live in fifo_dir #}
+hafw-keepalived-maintenance-dir:
+  file.directory:
+    - name: {{ salt['file.dirname'](mapdata.maintenance.demote_persistent_file) }}
+    - user: root
+    - group: root
+    - mode: '0750'
+    - makedirs: true
+
 hafw-keepalived-fifo-dir-at-boot:
   file.managed:
     - name: {{ mapdata.tmpfiles }}
@@ -53,3 +63,4 @@ hafw-keepalived-config:
     - require:
       - pkg: hafw-keepalived-installed
       - file: hafw-keepalived-fifo-dir
+      - file: hafw-keepalived-maintenance-dir

@@ -51,6 +51,9 @@ hafw-kernel-modules-loaded:
   kmod.present:
     - name: {{ missing | join(',') }}
     - mods: {{ missing | json }}
+    {#- the conntrack execution module loads only once nf_conntrack is in the
+        kernel: reload the modules so that hafw.consistent finds it #}
+    - reload_modules: true
 {%- else %}
 
 hafw-kernel-modules-loaded:

@@ -20,6 +20,7 @@ untouched):
 """
 
 import json
+import re
 import time
 
 import yaml
@@ -69,6 +70,15 @@ def daemon(host, argv, log):
                "daemon", log])
 
 
+PEER_FUNCTIONS = ["conntrack.sync_digest", "conntrack.sync_keys", "conntrack.role",
+                  "vrrp_sync.step_down", "vrrp_sync.undemote"]
+
+
+def peer_targets(minion_ids):
+    """The master's peer: regex admitting exactly the lab's minions."""
+    return "^(" + "|".join(re.escape(m) for m in minion_ids) + ")$"
+
+
 def configure_master(host, address, minion_ids, pillar=None):
     """The salt host's /etc/salt: master config, pillar, and pre-seeded minion keys.
 
@@ -88,6 +98,9 @@ def configure_master(host, address, minion_ids, pillar=None):
         "loop_interval": 5,
         "worker_threads": 3,
         "log_level_logfile": "info",
+        # the pair's nodes reach each other for conntrack.sync_health and the
+        # vrrp_sync switchover states (docs/operating.md)
+        "peer": {peer_targets(minion_ids): PEER_FUNCTIONS},
     }
     put(host, "/etc/salt/master", yaml.safe_dump(master))
     put(host, "/etc/salt/pillar/top.sls", "base:\n  '*':\n    - hafw\n")

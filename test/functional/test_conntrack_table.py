@@ -247,3 +247,27 @@ def test_conntrackd_down_then_up(minion, table, daemon, tmp_path):
                 "conntrack.commit", "conntrack.flush_caches"):
         assert minion.call(fun)["result"] is True, fun
     assert minion.call("conntrack.caches")["internal"]["active"] == 0  # flushed
+
+
+def test_sync_digest_of_the_table_matches_conntrackd_internal_cache(minion, table, daemon):
+    """The table side (kernel entries after conntrackd's filter) and conntrackd's own cache hold the same keys."""
+    ns_run(table, "/usr/sbin/conntrackd", "-C", daemon, "-d")
+    deadline = time.monotonic() + 20
+    while (minion.call("conntrack.sync_status").get("internal") or 0) < BULK:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    table_digest = minion.call("conntrack.sync_digest", "side=table", "buckets=64")
+    internal = minion.call("conntrack.sync_digest", "side=internal", "buckets=64")
+    # the filter accepts TCP and UDP: the ICMP entry is neither replicated nor counted
+    assert table_digest["total"] == len(HAND_MADE) - 1 + BULK
+    assert table_digest["digest"] == internal["digest"] and internal["total"] == table_digest["total"]
+    # the keys of two buckets, from both sides: the same, and in conntrackd's form
+    some = ",".join(sorted(table_digest["digest"], key=int)[:2])
+    keys = minion.call("conntrack.sync_keys", "side=table", f"indexes={some}", "buckets=64")["keys"]
+    cached = minion.call("conntrack.sync_keys", "side=internal", f"indexes={some}", "buckets=64")["keys"]
+    assert keys and sorted(keys) == sorted(cached)
+    assert all(re.fullmatch(r"(6|17) \S+ \S+ \d+ \d+", k) for k in keys), keys
+    # emptied caches: every bucket differs
+    minion.call("conntrack.flush_caches")
+    emptied = minion.call("conntrack.sync_digest", "side=internal", "buckets=64")
+    assert emptied["total"] == 0 and emptied["digest"] == {}

@@ -221,6 +221,7 @@ def test_lb_files_carry_the_seed_settings(rendered):
         assert "lvs_sync_daemon enp0s8 instance52" in words(block(text, "global_defs"))
         assert not [w for w in words(text) if w.startswith("lvs_sync_daemon_interface")]
         assert words(block(text, "vrrp_sync_group group500")) == [
+            "sync_group_tracking_weight",  # the maintenance files' weight (docs/operating.md)
             "group {", "instance51", "instance52", "}"]  # no notify hook on the LBs
         for name, vrid, iface, vips in (
             ("instance51", 51, "enp0s3", ["192.168.1.50/24 brd 192.168.1.255 dev enp0s3",
@@ -260,7 +261,7 @@ def test_fw_files_carry_the_seed_settings(rendered):
         assert words(block(text, "vrrp_script hafw_resync")) == [
             f'script "{hook} synced"', "interval 1", "timeout 5", "fall 3", "init_fail"]
         assert words(block(text, "vrrp_sync_group G1")) == [
-            "group {", "VI_1", "VI_2", "}",
+            "sync_group_tracking_weight", "group {", "VI_1", "VI_2", "}",
             f'notify_master "{hook} primary"', f'notify_backup "{hook} backup"',
             f'notify_fault "{hook} fault"', f'notify_stop "{hook} stop"',
         ]
@@ -274,6 +275,7 @@ def test_fw_files_carry_the_seed_settings(rendered):
                 f"interface {iface}", f"state {state}", f"virtual_router_id {vrid}",
                 f"priority {priority}", "advert_int 3", "version 2", "garp_master_delay 1",
                 "virtual_ipaddress {", *vips, "}", "track_script {", "hafw_resync", "}",
+                "track_file {", "hafw_demote", "hafw_demote_persistent", "hafw_step_down", "}",
             ]
             assert not any(line.startswith("notify") for line in lines)  # on the group
 
@@ -322,8 +324,9 @@ def test_pass_through_options_are_printed(netns, tmp_path, secure_hook):
     assert words(block(text, "vrrp_script chk_fw")) == [
         'script "/bin/true"', "interval 2", "fall 2"]
     vi1 = words(block(text, "vrrp_instance VI_1"))
-    assert vi1[-9:] == ["track_interface {", "enp0s9", "}", "track_script {", "hafw_resync", "chk_fw", "}",
-                        "dont_track_primary", "lower_prio_no_advert"]
+    assert vi1[-14:] == ["track_interface {", "enp0s9", "}", "track_script {", "hafw_resync", "chk_fw", "}",
+                         "track_file {", "hafw_demote", "hafw_demote_persistent", "hafw_step_down", "}",
+                         "dont_track_primary", "lower_prio_no_advert"]
     conf = tmp_path / "out" / CONF
     conf.write_text(text.replace(HOOK, str(secure_hook)))
     proc = check(netns(node_interfaces("fw-cent7i")), conf)

@@ -83,6 +83,21 @@ def keepalived_resync_hold(s, hook):
     return s
 
 
+def keepalived_maintenance(s, group=None):
+    """Demote and step-down files tracked by every instance, for the vrrp_sync states."""
+    files = {"hafw_demote": "/run/keepalived/hafw-demote", "hafw_step_down": "/run/keepalived/hafw-step-down",
+             "hafw_demote_persistent": "/var/lib/hafw/vrrp-demote"}
+    for name, path in files.items():
+        weight = 0 if name == "hafw_step_down" else -253
+        s = s | {f"track_file {name}/", f"track_file {name}/file {path}", f"track_file {name}/weight {weight}",
+                 f"track_file {name}/init_file 0"}
+    for inst in {i.split("/")[0] for i in s if i.startswith("vrrp_instance ")}:
+        s |= {f"{inst}/track_file/", *(f"{inst}/track_file/{name}" for name in files)}
+    if group:
+        s |= {f"vrrp_sync_group {group}/sync_group_tracking_weight"}
+    return s
+
+
 def keepalived_lvs_sync_moved(s):
     """lvs_sync_daemon_interface (deprecated) -> global_defs lvs_sync_daemon."""
     return {i for i in s if "lvs_sync_daemon_interface" not in i}
@@ -127,6 +142,7 @@ def test_firewall_keepalived_conf(rendered, family):
     want = keepalived_global_defs(want, "fw-cent7i")
     want = keepalived_notify_stop(want, "G1", "/etc/conntrackd/primary-backup.sh")
     want = keepalived_resync_hold(want, "/etc/conntrackd/primary-backup.sh")
+    want = keepalived_maintenance(want, "G1")
     got = settings(read(rendered["fw-cent7i", family], "/etc/keepalived/keepalived.conf"))
     assert got == want, f"extra: {sorted(got - want)}\nmissing: {sorted(want - got)}"
 
@@ -137,6 +153,7 @@ def test_loadbalancer_keepalived_conf(rendered, family):
     want = keepalived_lvs_sync_moved(seed)
     want = keepalived_explicit_instance_settings(want)
     want = keepalived_global_defs(want, "lb-cent7g", lvs_sync="enp0s8 instance52")
+    want = keepalived_maintenance(want, "group500")
     got = settings(read(rendered["lb-cent7g", family], "/etc/keepalived/keepalived.conf"))
     assert got == want, f"extra: {sorted(got - want)}\nmissing: {sorted(want - got)}"
 
