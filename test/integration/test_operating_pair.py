@@ -14,6 +14,10 @@ pillar.example and the formula's default VRRP timing.
 - Planned switchover with 250 live flows: ``vrrp_sync.backup`` on the
   primary (maintenance: the role moves to the peer) and then
   ``vrrp_sync.master`` on it (the role comes back): 0 flows lost, 0 resets.
+- Persistent maintenance: the demoted primary reboots and stays backup
+  although it has the higher priority and preempts.
+- nopreempt (the load balancers' setting): a backup never takes the role by
+  priority, so the switchover relies on the step-down's FAULT: 0 lost.
 """
 
 import copy
@@ -26,17 +30,18 @@ from lab.fleet import Fleet
 from lab.salt import example_pillar
 from lab.saltmaster import VENV_BIN
 from lab.wait import wait_for
-from test.support.failover import PAIR_VIPS, Scenario, assert_nothing_lost, preferred_primary, role
+from test.support.failover import PAIR_VIPS, Scenario, assert_nothing_lost, preferred_primary, role, settle
 
 pytestmark = pytest.mark.skipif(not (VENV_BIN / "salt-master").exists(), reason="run make setup first")
 
 HOOK = "/etc/conntrackd/primary-backup.sh"
 
 
-def default_timing():
+def default_timing(**vrrp):
     pillar = copy.deepcopy(example_pillar())
     for key in ("advert_int", "version"):
         pillar["hafw"]["clusters"]["fw-pair"]["vrrp"].pop(key, None)
+    pillar["hafw"]["clusters"]["fw-pair"]["vrrp"].update(vrrp)
     return pillar
 
 
@@ -151,3 +156,36 @@ def test_planned_switchover_both_ways_loses_nothing(fleet, tmp_path):
     assert_nothing_lost(*scenario.collect())
     # the pair as pillar.example wants it: nobody demoted
     call(fleet, backup, "vrrp_sync.undemote")
+
+
+def test_persistent_maintenance_survives_a_reboot(fleet):
+    primary, backup = preferred_primary(fleet)
+    moved = state(fleet, primary, "vrrp_sync.backup", "persistent=True")
+    assert moved["result"] is True and moved["changes"]["maintenance"]["persistent"] is True, moved
+    result = fleet.reboot(primary)
+    assert result and result["ok"], result  # the startup highstate
+    # back with the resync hold passed and priority 80 > 70, preempting: still backup
+    wait_for(lambda: role(fleet, primary) == "backup", 60, f"{primary} to run its backup transition", 1)
+    time.sleep(5)
+    assert not fleet.vips(primary) and len(fleet.vips(backup)) == PAIR_VIPS
+    assert call(fleet, primary, "vrrp_sync.maintenance")["persistent"] is True
+    back = state(fleet, primary, "vrrp_sync.master")
+    assert back["result"] is True and len(fleet.vips(primary)) == PAIR_VIPS, back
+    call(fleet, backup, "vrrp_sync.undemote")
+
+
+def test_switchover_under_nopreempt_loses_nothing(fleet, tmp_path):
+    fleet.set_pillar(default_timing(preempt=False))
+    result = fleet.converge()
+    assert all(r["ok"] for r in result.values()), result
+    master_node, backup_node = settle(fleet)
+    scenario = Scenario(fleet, tmp_path, "operating-switchover-nopreempt").start(
+        duration=25, inbound=60, outbound=20, udp=20)
+    time.sleep(2)
+    scenario.mark(f"vrrp_sync.master on {backup_node}")
+    moved = state(fleet, backup_node, "vrrp_sync.master")
+    assert moved["result"] is True, moved
+    scenario.mark(f"{backup_node} is master")
+    assert len(fleet.vips(backup_node)) == PAIR_VIPS and not fleet.vips(master_node)
+    assert_nothing_lost(*scenario.collect())
+    call(fleet, master_node, "vrrp_sync.undemote")
