@@ -628,12 +628,8 @@ def _read_ctd_config(config):
 
 def _table_keys(text):
     """Keys of the kernel entries conntrackd replicates (its Filter From Userspace/Kernelspace)."""
-    filt = hafw_syncdiff.SyncFilter.from_config(text)
     try:
-        for entry in hafw_ctnetlink.dump():
-            o, r = entry["orig"], entry["reply"]
-            if filt.replicated(o.get("proto"), o.get("src"), r.get("src"), entry.get("tcp_state")):
-                yield hafw_syncdiff.key_of_entry(entry)
+        yield from hafw_syncdiff.table_keys(text, hafw_ctnetlink.dump(raw=True))
     except OSError as exc:
         raise _kernel_error(exc, "dump the conntrack table") from exc
 

@@ -19,7 +19,10 @@ NAT or not). ``SyncFilter`` applies the same rules to the kernel's entries.
 import hashlib
 import ipaddress
 import re
+import socket
+import struct
 
+import hafw_ctnetlink as ct
 from hafw_ctnetlink import PROTOCOLS
 
 PROTO_NUMBERS = {name: num for num, name in PROTOCOLS.items()}
@@ -62,6 +65,8 @@ class SyncFilter:
         self.nets = [ipaddress.ip_network(a, strict=False) for a in addresses]
         self.single = {n.network_address for n in self.nets if n.num_addresses == 1}
         self.ranges = [n for n in self.nets if n.num_addresses > 1]
+        self.single_v4 = {a.packed for a in self.single if a.version == 4}
+        self.ranges_v4 = [(int(n.network_address), int(n.netmask)) for n in self.ranges if n.version == 4]
         self.addr_accept = addr_accept
         self.tcp_states = tcp_states        # set of names, or None: every state
         self.state_accept = state_accept
@@ -96,6 +101,25 @@ class SyncFilter:
                                         if w.lower() not in ("for", "tcp") and w.strip(","))
         return cls(addresses=addresses, **kw)
 
+    def _listed_v4(self, packed):
+        if packed in self.single_v4:
+            return True
+        if self.ranges_v4:
+            n = int.from_bytes(packed, "big")
+            return any(n & mask == net for net, mask in self.ranges_v4)
+        return False
+
+    def replicated_v4(self, proto, orig_src, reply_src, tcp_state=None):
+        """replicated() for IPv4 addresses as 4 packed bytes (the fast path of table_keys)."""
+        if self.protocols is not None and (proto in self.protocols) != self.proto_accept:
+            return False
+        if self.nets and (self._listed_v4(orig_src) or self._listed_v4(reply_src)) != self.addr_accept:
+            return False
+        if proto == 6 and self.tcp_states is not None and tcp_state is not None:
+            if (tcp_state in self.tcp_states) != self.state_accept:
+                return False
+        return True
+
     def _listed(self, address):
         ip = ipaddress.ip_address(address)
         return ip in self.single or any(ip in n for n in self.ranges)
@@ -129,6 +153,70 @@ def key_of_entry(entry):
     if proto in ICMP:
         return key(proto, o.get("src"), o.get("dst"), o.get("icmp_id"), f"{o.get('icmp_type')}.{o.get('icmp_code')}")
     return key(proto, o.get("src"), o.get("dst"), o.get("sport"), o.get("dport"))
+
+
+# CTA_TUPLE_ORIG of an IPv4 TCP/UDP entry as the kernel writes it: the IP nest (source, destination),
+# the protocol nest (number, source port, destination port); lengths and types checked before use
+_V4_PORTS = struct.Struct("=HHHH4sHH4sHHHHB3xHHHxxHHHxx")
+_V4_SRC = struct.Struct("=HHHH4s")  # the start of CTA_TUPLE_REPLY: its source address
+
+
+def _fast_v4(buf, a, b):
+    """(proto, src, dst, sport, dport) of an IPv4 TCP/UDP original tuple, or None for any other layout."""
+    if b - a < _V4_PORTS.size:
+        return None
+    f = _V4_PORTS.unpack_from(buf, a)
+    if (f[1] & ct.NLA_TYPE_MASK, f[2], f[3], f[6], f[9] & ct.NLA_TYPE_MASK, f[11], f[13], f[14], f[16], f[17]) != (
+            ct.CTA_TUPLE_IP, 8, ct.CTA_IP_V4_SRC, ct.CTA_IP_V4_DST, ct.CTA_TUPLE_PROTO, ct.CTA_PROTO_NUM,
+            6, ct.CTA_PROTO_SRC_PORT, 6, ct.CTA_PROTO_DST_PORT):
+        return None
+    return f[12], f[4], f[7], socket.ntohs(f[15]), socket.ntohs(f[18])
+
+
+def _reply_v4_src(buf, a, b):
+    """The reply tuple's IPv4 source (4 packed bytes), or None."""
+    if b - a < _V4_SRC.size:
+        return None
+    f = _V4_SRC.unpack_from(buf, a)
+    return f[4] if f[1] & ct.NLA_TYPE_MASK == ct.CTA_TUPLE_IP and f[2] == 8 and f[3] == ct.CTA_IP_V4_SRC else None
+
+
+def table_keys(conf_text, messages):
+    """
+    Keys of the kernel entries that conntrackd's filter replicates.
+    ``messages``: ``hafw_ctnetlink.dump(raw=True)``. IPv4 TCP and UDP
+    entries are read with one unpack each; any other entry is decoded.
+    """
+    filt = SyncFilter.from_config(conf_text)
+    unpack, ntoa, need_state = ct._ATTR.unpack_from, socket.inet_ntoa, filt.tcp_states is not None
+    for buf, off, end in messages:
+        orig = reply = info = None
+        pos = off
+        while pos + 4 <= end:
+            length, kind = unpack(buf, pos)
+            if length < 4:
+                break
+            kind &= ct.NLA_TYPE_MASK
+            if kind == ct.CTA_TUPLE_ORIG:
+                orig = (pos + 4, pos + length)
+            elif kind == ct.CTA_TUPLE_REPLY:
+                reply = (pos + 4, pos + length)
+            elif kind == ct.CTA_PROTOINFO:
+                info = (pos + 4, pos + length)
+            pos += (length + 3) & ~3
+        fast = _fast_v4(buf, *orig) if orig and reply else None
+        reply_src = _reply_v4_src(buf, *reply) if fast else None
+        if reply_src:
+            state = None
+            if need_state and fast[0] == 6 and info:
+                state = ct.decode(buf, off, end).get("tcp_state")
+            if filt.replicated_v4(fast[0], fast[1], reply_src, state):
+                yield key(fast[0], ntoa(fast[1]), ntoa(fast[2]), fast[3], fast[4])
+            continue
+        entry = ct.decode(buf, off, end)
+        o, r = entry["orig"], entry["reply"]
+        if filt.replicated(o.get("proto"), o.get("src"), r.get("src"), entry.get("tcp_state")):
+            yield key_of_entry(entry)
 
 
 _FIELD = re.compile(r"(src|dst|sport|dport|type|code|id)=(\S+)")
