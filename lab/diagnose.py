@@ -78,4 +78,12 @@ def vrrp_report(host):
     ]
     for name, fields in vrrp_instances(host).items():
         parts.append("%s: %s\n" % (name, ", ".join("%s=%s" % item for item in fields.items())))
+    # keepalived logs to syslog, which lab hosts lack: the transition hook's log
+    # says what keepalived went through (a "stop" means it was told to exit),
+    # the init script's pid file whether it was started as a service
+    parts.append(host.exec(["sh", "-c", "echo '--- /var/log/hafw-conntrackd.log (last 12)'; "
+                                        "tail -n 12 /var/log/hafw-conntrackd.log 2>&1; "
+                                        "echo '--- pid files'; ls -l /run/keepalived*.pid 2>&1; "
+                                        "echo '--- processes'; ps -eo pid,ppid,stat,lstart,args 2>&1 | tail -n 25"],
+                           check=False).stdout)
     return "".join(parts)

@@ -34,7 +34,7 @@ import time
 import pytest
 
 from lab import Lab
-from lab.diagnose import conntrack_count, conntrackd_caches
+from lab.diagnose import conntrack_count, conntrackd_caches, gate_closed
 from lab.fleet import Fleet
 from lab.flows import INTERNET, OUT_UDP
 from lab.salt import example_pillar
@@ -232,7 +232,12 @@ def test_inject_mode_takes_over_without_a_commit(fleet, tmp_path):
     primary, backup = preferred_primary(fleet)
     # the replica is the backup's kernel table (no external cache)
     fill_and_replicate(fleet, primary, backup, conntrack_count, "kernel table")
+    # still the settled pair the scenario needs after the fill (a CI run once saw every new TCP
+    # connection through the primary fail from here on: if the pair is not settled, say so here)
+    assert preferred_primary(fleet, primary) == (primary, backup)
     scenario = Scenario(fleet, tmp_path, "inject-100k").start(duration=45)
+    scenario.mark(f"{primary}: {conntrack_count(fleet[primary])} entries, gate "
+                  f"{'closed' if gate_closed(fleet[primary]) else 'open'}")
     udp_flows = 50  # Flows.start's default
     # past the stream timeout: without the backup's periodic resync its UDP entries would be gone
     time.sleep(UDP_STREAM_TIMEOUT_S + 10)
