@@ -573,6 +573,35 @@ def _gate_closed(ctd):
     return res["retcode"] == 0
 
 
+def _instances(node):
+    """Per VRRP instance of the node: its VIPs and which of them it holds (one `ip addr`)."""
+    vrrp = node.get("vrrp")
+    if not vrrp:
+        raise CommandExecutionError(f"{node.get('id')} is in no VRRP pair: it has no role")
+    res = __salt__["cmd.run_all"](["ip", "-o", "addr", "show"], python_shell=False)
+    if res["retcode"] != 0:
+        raise CommandExecutionError(f"cannot list the addresses: {res.get('stderr')}")
+    return hafw_role.instance_roles(vrrp["instances"], hafw_role.parse_ip_addr(res["stdout"])), vrrp
+
+
+def vips():
+    """
+    The VIPs this node holds, per VRRP instance, and the roles they imply:
+    the cheap part of ``role`` (one ``ip addr``, no daemon asked), for
+    callers that poll, such as the keepalived beacon's fallback.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*fw*' conntrack.vips
+    """
+    instances, vrrp = _instances(__salt__["hafw.node"]())
+    roles = {i["role"] for i in instances.values()}
+    group = roles.pop() if len(roles) == 1 else "SPLIT"
+    return {"group": group, "sync_group": vrrp.get("sync_group"), "instances": instances}
+
+
 def role(config=None):
     """
     This node's VRRP role and whether the connection-tracking side matches
@@ -589,13 +618,7 @@ def role(config=None):
         salt '*fw*' conntrack.role
     """
     node = __salt__["hafw.node"]()
-    vrrp = node.get("vrrp")
-    if not vrrp:
-        raise CommandExecutionError(f"{node.get('id')} is in no VRRP pair: it has no role")
-    res = __salt__["cmd.run_all"](["ip", "-o", "addr", "show"], python_shell=False)
-    if res["retcode"] != 0:
-        raise CommandExecutionError(f"cannot list the addresses: {res.get('stderr')}")
-    instances = hafw_role.instance_roles(vrrp["instances"], hafw_role.parse_ip_addr(res["stdout"]))
+    instances, vrrp = _instances(node)
     ctd = node.get("conntrackd")
     hook_role = None
     try:

@@ -172,10 +172,22 @@ class Fleet:
         if spec["master"]:
             saltmaster.start_master(host)
             saltmaster.wait_master(host, self.master_address)
+            saltmaster.start_eventlog(host)
+            saltmaster.sync_runners(host)
         if spec["minion"]:
             saltmaster.start_minion(host)
 
     # --- Salt ---
+
+    def events(self, since=0.0, prefix=""):
+        """The master's recorded events (lab/eventlog.py) received after `since` (epoch s), tag prefix."""
+        out = self.master.exec(["cat", saltmaster.EVENTLOG], check=False).stdout
+        events = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return [e for e in events if e["t"] >= since and e["tag"].startswith(prefix)]
+
+    def salt_run(self, *args, timeout=60):
+        """`salt-run ARGS... --out json` on the master; the parsed output."""
+        return saltmaster.salt_run(self.master, *args, timeout=timeout)
 
     def salt(self, *args, timeout=60):
         """`salt ARGS... --out json --static` on the master; the parsed output."""

@@ -25,7 +25,7 @@ import time
 
 import yaml
 
-from .salt import REPO, state_changes, state_failures
+from .salt import REPO, example_pillar, state_changes, state_failures
 
 VENV_BIN = REPO / ".venv" / "bin"
 # The master's fileserver walks the whole repo: keep the big or live trees out.
@@ -70,6 +70,22 @@ def daemon(host, argv, log):
                "daemon", log])
 
 
+# the documented reactor list (reactor/master.d/hafw-reactor.conf), and the beacon from pillar (a pillar
+# "beacons:" replaces the minion config's)
+REACTOR = yaml.safe_load((REPO / "reactor" / "master.d" / "hafw-reactor.conf").read_text())["reactor"]
+BEACONS = {"beacons": {"keepalived": [{"vips": True}, {"sync_status": True}]}}
+
+
+def vrrp_pairs(pillar):
+    """{node: its peer} for every two-node VRRP cluster of the pillar: who the reactor listens to."""
+    pairs = {}
+    for cluster in pillar["hafw"]["clusters"].values():
+        nodes = list(cluster.get("nodes", {}))
+        if "vrrp" in cluster and len(nodes) == 2:
+            pairs.update({nodes[0]: nodes[1], nodes[1]: nodes[0]})
+    return pairs
+
+
 PEER_FUNCTIONS = ["conntrack.sync_digest", "conntrack.sync_keys", "conntrack.role",
                   "vrrp_sync.step_down", "vrrp_sync.undemote"]
 
@@ -101,9 +117,14 @@ def configure_master(host, address, minion_ids, pillar=None):
         # the pair's nodes reach each other for conntrack.sync_health and the
         # vrrp_sync switchover states (docs/operating.md)
         "peer": {peer_targets(minion_ids): PEER_FUNCTIONS},
+        # the keepalived beacon's events and the reactor (reactor/master.d/hafw-reactor.conf)
+        "reactor": REACTOR,
+        "hafw_reactor": {"pairs": vrrp_pairs(pillar or example_pillar()), "settle": 1,
+                         "log": "/var/log/salt/hafw-transitions.log"},
     }
     put(host, "/etc/salt/master", yaml.safe_dump(master))
-    put(host, "/etc/salt/pillar/top.sls", "base:\n  '*':\n    - hafw\n")
+    put(host, "/etc/salt/pillar/top.sls", "base:\n  '*':\n    - hafw\n    - beacons\n")
+    put(host, "/etc/salt/pillar/beacons.sls", yaml.safe_dump(BEACONS))
     set_pillar(host, pillar)
     gen = "/etc/salt/pki/gen"
     script = 'mkdir -p %s /etc/salt/pki/master/minions && for id; do "%s" --gen-keys="$id" ' \
@@ -159,6 +180,21 @@ def start_master(host):
     daemon(host, [str(VENV_BIN / "salt-master")], "/var/log/salt/master.console")
 
 
+EVENTLOG = "/var/log/salt/events.jsonl"
+
+
+def sync_runners(host):
+    """The formula's _runners (the reactor's hafw.record) on the master."""
+    host.exec([str(VENV_BIN / "salt-run"), "saltutil.sync_runners"], timeout=120)
+
+
+def start_eventlog(host):
+    """Record the master's beacon events and reactor job returns (lab/eventlog.py) in EVENTLOG."""
+    # -I: the script's directory (lab/, whose salt.py would shadow the salt package) stays off sys.path
+    daemon(host, [str(VENV_BIN / "python"), "-I", str(REPO / "lab" / "eventlog.py"), EVENTLOG],
+           "/var/log/salt/eventlog.console")
+
+
 def wait_master(host, address, timeout=30):
     """Wait until the master listens on its publish (4505) and request (4506) ports."""
     deadline = time.monotonic() + timeout
@@ -189,6 +225,16 @@ def salt(host, *args, timeout=60):
     except ValueError:
         raise RuntimeError("salt %s printed no JSON (rc %d):\n%s\n%s"
                            % (" ".join(args), proc.returncode, text[-2000:], proc.stderr[-2000:])) from None
+
+
+def salt_run(host, *args, timeout=60):
+    """`salt-run --out json ARGS...` in the master's host; the parsed output."""
+    proc = host.exec([str(VENV_BIN / "salt-run"), "--out", "json", *args], check=False, timeout=timeout)
+    try:
+        return json.loads(proc.stdout) if proc.stdout.strip() else None
+    except ValueError:
+        raise RuntimeError("salt-run %s printed no JSON (rc %d):\n%s\n%s"
+                           % (" ".join(args), proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])) from None
 
 
 def connected(host):

@@ -20,37 +20,32 @@ pillar.example and the formula's default VRRP timing.
   priority, so the switchover relies on the step-down's FAULT: 0 lost.
 """
 
-import copy
 import time
 
 import pytest
 
-from lab import Lab
-from lab.fleet import Fleet
-from lab.salt import example_pillar
 from lab.saltmaster import VENV_BIN
 from lab.wait import wait_for
-from test.support.failover import PAIR_VIPS, Scenario, assert_nothing_lost, preferred_primary, role, settle
+from test.support.failover import (
+    PAIR_VIPS,
+    Scenario,
+    assert_nothing_lost,
+    default_timing,
+    live_fleet,
+    preferred_primary,
+    role,
+    settle,
+)
 
 pytestmark = pytest.mark.skipif(not (VENV_BIN / "salt-master").exists(), reason="run make setup first")
 
 HOOK = "/etc/conntrackd/primary-backup.sh"
 
 
-def default_timing(**vrrp):
-    pillar = copy.deepcopy(example_pillar())
-    for key in ("advert_int", "version"):
-        pillar["hafw"]["clusters"]["fw-pair"]["vrrp"].pop(key, None)
-    pillar["hafw"]["clusters"]["fw-pair"]["vrrp"].update(vrrp)
-    return pillar
-
 
 @pytest.fixture(scope="module")
 def fleet():
-    with Lab() as lab:
-        fleet = Fleet(lab, pillar=default_timing())
-        fleet.up()
-        yield fleet
+    yield from live_fleet(default_timing())
 
 
 def call(fleet, minion, *args, timeout=60):

@@ -5,11 +5,15 @@ scenario's flows (lab/flows.py), do something to the pair while they run,
 and return the merged per-flow result (also saved in lab-report/failover/).
 """
 
+import copy
 import json
 import pathlib
 
 from lab.diagnose import gate_closed
+from lab.fleet import Fleet
 from lab.flows import Flows
+from lab.lab import Lab
+from lab.salt import example_pillar
 from lab.wait import wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -138,3 +142,21 @@ def crash_and_take_over(fleet, scenario, primary, backup, timeout):
     scenario.mark(f"crash {primary}")
     fleet.crash(primary)
     return scenario.takeover(backup, timeout)
+
+
+def default_timing(**vrrp):
+    """pillar.example with the formula's default VRRP timing for the pair (quick takeovers), and vrrp changes."""
+    pillar = copy.deepcopy(example_pillar())
+    pair = pillar["hafw"]["clusters"]["fw-pair"]["vrrp"]
+    for key in ("advert_int", "version"):
+        pair.pop(key, None)
+    pair.update(vrrp)
+    return pillar
+
+
+def live_fleet(pillar):
+    """A fleet up with pillar, for a module-scoped fixture: `yield from live_fleet(...)`."""
+    with Lab() as lab:
+        fleet = Fleet(lab, pillar=pillar)
+        fleet.up()
+        yield fleet
