@@ -249,7 +249,12 @@ def _wait(check, timeout, step=0.2):
 
 
 def _health_ok(ret, max_loss, call_timeout):
-    health = __salt__["conntrack.sync_health"](timeout=call_timeout)
+    try:
+        health = __salt__["conntrack.sync_health"](timeout=call_timeout)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        ret["result"] = False
+        ret["comment"] = f"not switching: cannot tell whether the peer holds the connections: {exc}"
+        return None
     if health["would_lose"] > int(max_loss):
         ret["result"] = False
         ret["comment"] = f"not switching: {health['verdict']} (max_loss {max_loss})"

@@ -210,3 +210,12 @@ def test_backup_in_test_mode_moves_nothing(state_env):
     st.__salt__.update({"conntrack.role": roles(role()), "conntrack.sync_health": healthy()})
     ret = st.backup("G1")
     assert ret["result"] is None and ret["comment"].startswith("would hand the master role from fw-cent7i")
+
+
+def test_an_unreachable_peer_stops_the_switchover_before_anything_moves(state_env):
+    def unreachable(timeout):
+        raise CommandExecutionError("no answer from fw-cent7j to conntrack.sync_digest within 30s")
+    st.__salt__.update({"conntrack.role": roles(role()), "conntrack.sync_health": unreachable})
+    ret = st.backup("G1")
+    assert ret["result"] is False and ret["changes"] == {}
+    assert ret["comment"].startswith("not switching: cannot tell whether the peer holds the connections: no answer")

@@ -1,5 +1,7 @@
 """A converged hafw node: kernel settings, ruleset, daemons, their files."""
 
+import json
+
 import pytest
 
 
@@ -67,6 +69,18 @@ def test_vips_are_on_the_master_only(host, node):
     every = [v["address"] for i in node["vrrp"]["instances"] for v in i["vips"]]
     if node["vrrp"]["sync_group"]:
         assert present in ([], every), f"split sync group: only {present} of {every}"
+
+
+@pytest.mark.component("keepalived")
+def test_maintenance_files_are_declared_and_no_step_down_is_left(host, node):
+    """The vrrp_sync states' files are tracked by keepalived; at rest no node is held in FAULT by them."""
+    if not node["vrrp"].get("maintenance"):
+        pytest.skip("vrrp:maintenance is off")
+    conf = host.file("/etc/keepalived/keepalived.conf").content_string
+    for name in ("hafw_demote", "hafw_demote_persistent", "hafw_step_down"):
+        assert f"track_file {name} {{" in conf
+    state = json.loads(host.check_output("salt-call --local --out json vrrp_sync.maintenance"))["local"]
+    assert state["stepping_down"] is False, state
 
 
 @pytest.mark.parametrize("key", ["net.ipv4.ip_forward"])
