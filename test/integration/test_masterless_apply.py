@@ -103,7 +103,7 @@ def test_firewall_pair_node_converges_and_is_idempotent(lab, tmp_path):
     assert "192.168.2.0/24 via 192.168.1.50" in host.exec(["ip", "route"]).stdout
 
     checked = verify(host)
-    assert "9 passed" in checked and "skipped" not in checked, checked  # every check applies to a pair node
+    assert "10 passed" in checked and "skipped" not in checked, checked  # every check applies to a pair node
     # what make render shows is what the host got, byte for byte
     render("fw-cent7i", "Debian", tmp_path / "rendered")
     for path in (tmp_path / "rendered").rglob("*"):
