@@ -71,7 +71,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--summary", action="store_true", help="print the saved results again (no lab)")
     args = p.parse_args(argv)
+    if args.summary:
+        saved = json.loads(Path(args.out).read_text())
+        report(summarize(saved["runs"]) | {"at": saved["at"]})
+        return
     if not 1 <= args.runs <= 50:
         p.error("--runs: 1-50")
     pillar = copy.deepcopy(example_pillar())
@@ -84,16 +89,29 @@ def main(argv=None):
         for i in range(args.runs):
             runs.append(one_run(fleet))
             say("run %d/%d: %s" % (i + 1, args.runs, runs[-1]))
+    result = summarize(runs)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    report(result)
+
+
+def summarize(runs):
+    """Medians and p95s; the event against the takeover measured in the same run (VRRP's floor)."""
     summary = {k: {"median": round(statistics.median(r[k] for r in runs), 3), "p95": p95([r[k] for r in runs])}
                for k in ("takeover_s", "event_s", "reactor_s")}
-    result = {"runs": runs, "summary": summary,
-              "targets": {"event_s_p95_max": 1.0, "reactor_s_p95_max": 2.0},
-              "met": summary["event_s"]["p95"] <= 1.0 and summary["reactor_s"]["p95"] <= 2.0
-              and all(r["reactor_ok"] for r in runs),
-              "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    for key, fig in summary.items():
-        print("%-11s median %6.3f s   p95 %6.3f s" % (key, fig["median"], fig["p95"]))
+    summary["event_over_takeover"] = round(summary["event_s"]["median"] / summary["takeover_s"]["median"], 2)
+    return {"runs": runs, "summary": summary,
+            "targets": {"event_s_p95_max": 1.0, "reactor_s_p95_max": 2.0},
+            "met": summary["event_s"]["p95"] <= 1.0 and summary["reactor_s"]["p95"] <= 2.0
+            and all(r["reactor_ok"] for r in runs),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def report(result):
+    summary = result["summary"]
+    for key in ("takeover_s", "event_s", "reactor_s"):
+        print("%-11s median %6.3f s   p95 %6.3f s" % (key, summary[key]["median"], summary[key]["p95"]))
+    print("event / takeover (medians, same run): %.2f  (the takeover is measured by polling the VIPs every "
+          "0.2 s, so the event can come first)" % summary["event_over_takeover"])
     print("targets (event p95 <= 1 s, reactor p95 <= 2 s): %s" % ("MET" if result["met"] else "NOT MET"))
 
 
