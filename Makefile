@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PY := .venv/bin/python
-PYDIRS := _modules _states _utils _beacons lab tools test bench
+PYDIRS := _modules _states _utils _beacons _runners _wrapper lab tools test bench
 PILLAR ?= pillar.example
 OS_FAMILY ?= Debian
 # only the paths that exist, so a missing directory never breaks lint

@@ -33,24 +33,32 @@ def __virtual__():
     return __virtualname__
 
 
-def _pillar():
-    return __pillar__.get("hafw") or {}
+def _pillar(hafw=None):
+    """The hafw pillar: the data passed in (salt-ssh), else this minion's."""
+    if hafw is None:
+        return __pillar__.get("hafw") or {}
+    if not isinstance(hafw, dict):
+        raise SaltInvocationError(f"hafw: expected the hafw pillar as a mapping, got {type(hafw).__name__}")
+    return hafw
 
 
-def _cached(kind, minion_id, compute):
+def _cached(kind, minion_id, compute, hafw=None):
     """Memoise per run: every map.jinja of a highstate asks for the same node."""
-    key = hashlib.sha256(json.dumps(_pillar(), sort_keys=True, default=str).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps(_pillar(hafw), sort_keys=True, default=str).encode()).hexdigest()
     cache = __context__.setdefault("hafw.model", {})
     if (kind, minion_id, key) not in cache:
         cache[(kind, minion_id, key)] = compute()
     return cache[(kind, minion_id, key)]
 
 
-def validate():
+def validate(hafw=None):
     """
     Check the whole ``hafw`` pillar (every cluster, not only this node's).
 
     Returns ``True``, or raises an error listing each bad pillar key.
+
+    hafw
+        The hafw pillar data to check instead of this minion's pillar.
 
     CLI Example:
 
@@ -59,12 +67,12 @@ def validate():
         salt '*fw*' hafw.validate
     """
     try:
-        return _cached("validate", None, lambda: hafw_model.validate(_pillar()))
+        return _cached("validate", None, lambda: hafw_model.validate(_pillar(hafw)), hafw)
     except ModelError as exc:
         raise SaltInvocationError(str(exc)) from None
 
 
-def node(minion_id=None):
+def node(minion_id=None, hafw=None):
     """
     Return the derived settings of a node: its cluster and role, the
     components to manage, keepalived instances with this node's state and
@@ -76,6 +84,11 @@ def node(minion_id=None):
     minion_id
         The node to derive; defaults to this minion's id.
 
+    hafw
+        The hafw pillar data to derive from instead of this minion's pillar.
+        The formula's map.jinja files pass it: under salt-ssh a template's
+        call runs on the target as a bare ``salt-call``, without the pillar.
+
     CLI Example:
 
     .. code-block:: bash
@@ -85,12 +98,12 @@ def node(minion_id=None):
     """
     minion_id = minion_id or __opts__["id"]
     try:
-        return _cached("node", minion_id, lambda: hafw_model.node(_pillar(), minion_id))
+        return _cached("node", minion_id, lambda: hafw_model.node(_pillar(hafw), minion_id), hafw)
     except ModelError as exc:
         raise SaltInvocationError(str(exc)) from None
 
 
-def peers(minion_id=None):
+def peers(minion_id=None, hafw=None):
     """
     Return the minion ids of this node's cluster peers (empty if standalone).
 
@@ -100,4 +113,4 @@ def peers(minion_id=None):
 
         salt fw-cent7i hafw.peers
     """
-    return node(minion_id).get("peers", [])
+    return node(minion_id, hafw).get("peers", [])

@@ -1,9 +1,11 @@
 """The lab fleet from the command line (docs/lab.md).
 
     python -m lab up                 build lab/topology.yaml, start salt, converge; leave it running
+    python -m lab up --agentless     the same with sshd in the formula hosts and salt-ssh, no minions
     python -m lab status             hosts, VRRP role (VIPs held), daemons running
     python -m lab exec HOST CMD...   run a command in a host (interactive: exec HOST bash)
     python -m lab salt ARGS...       the salt CLI on the master, e.g. salt '*fw*' state.apply
+    python -m lab salt-ssh ARGS...   salt-ssh from the salt host (the repo's Saltfile), e.g. '*fw*' state.apply
     python -m lab crash HOST         links down, every process killed
     python -m lab reboot HOST        power-cycle; a minion host converges itself (startup highstate)
     python -m lab down               tear the run down (make lab-clean removes any leftover)
@@ -18,6 +20,7 @@ import time
 from .fleet import TOPOLOGY, Fleet, load_topology
 from .lab import Lab
 from .names import LabError
+from .salt import REPO
 from .saltmaster import VENV_BIN
 
 
@@ -43,7 +46,7 @@ def cmd_up(args):
     lab = Lab().create(hold=False)
     start = time.monotonic()
     try:
-        fleet = Fleet(lab, load_topology(args.topology), say)
+        fleet = Fleet(lab, load_topology(args.topology), say, agentless=args.agentless)
         say("run %s (state in %s)" % (lab.prefix, lab.state_dir))
         fleet.up()
     except BaseException:  # error or Ctrl-C: nothing is left behind
@@ -89,6 +92,12 @@ def cmd_salt(args):
     return _interactive(fleet.master, [str(VENV_BIN / "salt"), *args.args])
 
 
+def cmd_salt_ssh(args):
+    fleet = attach(args.prefix)
+    return _interactive(fleet.master, ["sh", "-c", 'cd "$0" && exec "$@"', str(REPO),
+                                       str(VENV_BIN / "salt-ssh"), *args.args])
+
+
 def cmd_crash(args):
     fleet = attach(args.prefix)
     start = time.monotonic()
@@ -126,6 +135,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build, converge, leave running")
     up.add_argument("--topology", default=str(TOPOLOGY))
+    up.add_argument("--agentless", action="store_true", help="sshd and salt-ssh instead of salt minions")
     up.set_defaults(func=cmd_up)
     sub.add_parser("status", help="hosts, VRRP roles, daemons").set_defaults(func=cmd_status)
     ex = sub.add_parser("exec", help="run a command in a host")
@@ -135,6 +145,9 @@ def main(argv=None):
     sa = sub.add_parser("salt", help="the salt CLI on the master")
     sa.add_argument("args", nargs=argparse.REMAINDER)
     sa.set_defaults(func=cmd_salt)
+    ss = sub.add_parser("salt-ssh", help="salt-ssh from the salt host (agentless runs)")
+    ss.add_argument("args", nargs=argparse.REMAINDER)
+    ss.set_defaults(func=cmd_salt_ssh)
     for name, func in (("crash", cmd_crash), ("reboot", cmd_reboot)):
         p = sub.add_parser(name, help="%s a host" % name)
         p.add_argument("host")

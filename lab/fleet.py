@@ -5,6 +5,10 @@
         fleet.converge()                    # salt '*fw*' state.apply, through the master
         fleet.crash("fw-cent7i"); fleet.reboot("fw-cent7i")
 
+Fleet(lab, agentless=True) runs the same fleet without minions: sshd in each
+formula host and salt-ssh from the salt host (lab/saltssh.py); no salt-master
+daemon, no beacon, no reactor, no startup highstate.
+
 See docs/lab.md.
 """
 
@@ -15,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from . import saltmaster
+from . import saltmaster, saltssh
 from .diagnose import vrrp_report
 from .lab import Lab
 from .names import LabError
@@ -87,17 +91,18 @@ def load_topology(path=TOPOLOGY, pillar=None):
 class Fleet:
     """A lab run built from the topology, with a salt-master and minions."""
 
-    def __init__(self, lab, topology=None, say=None, pillar=None):
-        """pillar: the hafw pillar to serve (a dict); default pillar.example, unchanged."""
+    def __init__(self, lab, topology=None, say=None, pillar=None, agentless=False):
+        """pillar: the hafw pillar to serve (a dict); default pillar.example, unchanged.
+        agentless: salt-ssh instead of a salt-master and minions."""
         self.lab = lab
+        self.agentless = agentless
         self.pillar = pillar
         self.topology = topology or load_topology(pillar=pillar)
         self.say = say or (lambda msg: None)
         self.timings = {}
         master = next(n for n, h in self.topology["hosts"].items() if h["master"])
         self.master_name = master
-        mgmt = [link for link in self.topology["hosts"][master]["links"] if link["network"] == "mgmt"]
-        self.master_address = (mgmt or self.topology["hosts"][master]["links"])[0]["addresses"][0].split("/")[0]
+        self.master_address = self.mgmt_address(master)
         self.minions = [n for n, h in self.topology["hosts"].items() if h["minion"]]
 
     @classmethod
@@ -107,7 +112,8 @@ class Fleet:
         saved = lab.state_dir / "fleet.json"
         if not saved.exists():
             raise LabError("lab run %s is not a fleet (no fleet.json)" % prefix)
-        return cls(lab, json.loads(saved.read_text()), say)
+        return cls(lab, json.loads(saved.read_text()), say,
+                   agentless=(lab.state_dir / "agentless").exists())
 
     def __getitem__(self, name):
         return self.lab[name]
@@ -137,8 +143,14 @@ class Fleet:
         return self
 
     def start(self):
-        """Build the hosts, start the salt-master and the minions, wait until all answer."""
+        """Build the hosts, start the salt-master and the minions (agentless: the
+        sshds), wait until all answer."""
         self._timed("building %d hosts" % len(self.topology["hosts"]), self.build)
+        if self.agentless:
+            for name in self.minions:
+                self.boot(name)
+            self._timed("waiting for %d hosts over ssh" % len(self.minions), self.wait_minions)
+            return self
         self._timed("starting salt-master", self.boot, self.master_name)
         for name in self.minions:
             self.boot(name)
@@ -158,9 +170,23 @@ class Fleet:
                 host.add_route(route["dest"], via=route["via"])
             if not spec["master"] and not spec["minion"]:
                 self.boot(name)
+        if self.agentless:
+            (self.lab.state_dir / "agentless").touch()
+            saltmaster.configure_master(self.master, self.master_address, [], self.pillar)
+            client_key = saltssh.client_key(self.master)
+            known_hosts = [saltssh.configure_target(self[name], self.mgmt_address(name), client_key)
+                           for name in self.minions]
+            saltssh.configure_control(self.master, {n: self.mgmt_address(n) for n in self.minions}, known_hosts)
+            return
         keys = saltmaster.configure_master(self.master, self.master_address, self.minions, self.pillar)
         for name in self.minions:
             saltmaster.configure_minion(self[name], name, self.master_address, keys[name])
+
+    def mgmt_address(self, name):
+        """The host's address on the mgmt network (where its salt daemon or sshd listens)."""
+        links = self.topology["hosts"][name]["links"]
+        mgmt = [link for link in links if link["network"] == "mgmt"] or links
+        return mgmt[0]["addresses"][0].split("/")[0]
 
     def boot(self, name):
         """What a host runs at boot: sysctls, iptables, its salt daemon."""
@@ -175,7 +201,10 @@ class Fleet:
             saltmaster.start_eventlog(host)
             saltmaster.sync_runners(host)
         if spec["minion"]:
-            saltmaster.start_minion(host)
+            if self.agentless:
+                saltssh.start_sshd(host)
+            else:
+                saltmaster.start_minion(host)
 
     # --- Salt ---
 
@@ -185,12 +214,31 @@ class Fleet:
         events = [json.loads(line) for line in out.splitlines() if line.strip()]
         return [e for e in events if e["t"] >= since and e["tag"].startswith(prefix)]
 
+    def beacon_event(self, node, state, since, kind="GROUP"):
+        """The first keepalived beacon event (a sync group's, by default) of node entering state,
+        received after since (epoch s), or None."""
+        for event in self.events(since, f"salt/beacon/{node}/keepalived/"):
+            if event["tag"].endswith("/" + state) and event["data"].get("kind") == kind:
+                return event
+        return None
+
+    def reactor_return(self, node, since):
+        """The return of the reactor's vrrp_sync.consistent job on node received after since, or None."""
+        for event in self.events(since, "salt/job/"):
+            data = event["data"]
+            if data.get("id") == node and data.get("fun") == "state.single" and \
+                    "vrrp_sync.consistent" in json.dumps(data.get("fun_args")):
+                return event
+        return None
+
     def salt_run(self, *args, timeout=60):
         """`salt-run ARGS... --out json` on the master; the parsed output."""
         return saltmaster.salt_run(self.master, *args, timeout=timeout)
 
     def salt(self, *args, timeout=60):
-        """`salt ARGS... --out json --static` on the master; the parsed output."""
+        """`salt ARGS... --out json --static` on the master (agentless: `salt-ssh`); the parsed output."""
+        if self.agentless:
+            return saltssh.salt_ssh(self.master, *args, timeout=timeout * 3 + 60)
         return saltmaster.salt(self.master, *args, timeout=timeout)
 
     def set_pillar(self, pillar):
@@ -204,6 +252,8 @@ class Fleet:
         self.pillar = pillar
 
     def wait_minions(self, minions=None, timeout=90):
+        if self.agentless:
+            return saltssh.wait_targets(self.master, minions or self.minions, timeout)
         return saltmaster.wait_minions(self.master, minions or self.minions, timeout)
 
     def converge(self, target="*fw*", timeout=300):
@@ -214,7 +264,7 @@ class Fleet:
         result = self.salt(target, "state.apply", timeout=timeout)
         summaries = {m: saltmaster.summary(r) for m, r in result.items()}
         for minion, s in summaries.items():
-            if s["ok"] and minion in self.lab.hosts:
+            if s["ok"] and minion in self.lab.hosts and not self.agentless:
                 saltmaster.enable_startup_highstate(self[minion])
         return summaries
 
@@ -235,8 +285,8 @@ class Fleet:
         since = time.time()
         self[name].reboot()
         self.boot(name)
-        if not self.topology["hosts"][name]["minion"]:
-            return None
+        if not self.topology["hosts"][name]["minion"] or self.agentless:
+            return None  # agentless: no startup highstate, the operator converges
         result, seconds = saltmaster.wait_highstate(self.master, name, since, timeout)
         self.timings["reboot %s: startup highstate returned" % name] = round(seconds, 2)
         return result

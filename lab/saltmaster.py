@@ -219,12 +219,17 @@ def salt(host, *args, timeout=60):
     """
     proc = host.exec([str(VENV_BIN / "salt"), "--out", "json", "--static", "-t", str(timeout), *args],
                      check=False, timeout=timeout * 3 + 60)
+    return json_output(proc, "salt", args)
+
+
+def json_output(proc, tool, args):
+    """The parsed JSON a Salt CLI printed ({} if nothing); an error with its output if not JSON."""
     text = proc.stdout.strip()
     try:
         return json.loads(text) if text else {}
     except ValueError:
-        raise RuntimeError("salt %s printed no JSON (rc %d):\n%s\n%s"
-                           % (" ".join(args), proc.returncode, text[-2000:], proc.stderr[-2000:])) from None
+        raise RuntimeError("%s %s printed no JSON (rc %d):\n%s\n%s"
+                           % (tool, " ".join(args), proc.returncode, text[-2000:], proc.stderr[-2000:])) from None
 
 
 def salt_run(host, *args, timeout=60):

@@ -33,6 +33,7 @@ from test.support.failover import (
     assert_nothing_lost,
     crash_and_take_over,
     preferred_primary,
+    r1_crash,
     settle,
 )
 
@@ -62,12 +63,7 @@ def test_takeover_gate_is_closed_on_the_backup_only(fleet):
 
 
 def test_r1_primary_crash_loses_no_flow(fleet, tmp_path):
-    primary, backup = preferred_primary(fleet)
-    scenario = Scenario(fleet, tmp_path, "r1-crash").start(duration=30)
-    crash_and_take_over(fleet, scenario, primary, backup, TAKEOVER_S)
-    (result,) = scenario.collect()
-    assert result["summary"]["flows"] == 250
-    assert_nothing_lost(result)
+    r1_crash(fleet, tmp_path, "r1-crash", TAKEOVER_S)
 
 
 def test_r6_reboot_and_forced_failback_lose_no_flow(fleet, tmp_path):
