@@ -114,6 +114,29 @@ def _plan(role, state_file):
     return plan
 
 
+# A keepalived started moments ago is not judged yet: its first transition
+# runs the hook, and in the lab a freshly started keepalived was seen to shut
+# down (notify "stop") some 10 ms after that first hook returned, under load
+# (keepalived logs only to syslog there, so the cause is not known). Judging
+# it after this grace finds it stopped and starts it again.
+KEEPALIVED_STARTUP_S = 2.0
+
+
+def _judge(state_file, settle):
+    """(role, plan, settled), watching for up to `settle` seconds while a transition
+    is in flight or keepalived is younger than KEEPALIVED_STARTUP_S."""
+    deadline = time.monotonic() + settle
+    while True:
+        role = _role()
+        plan = _plan(role, state_file)
+        started = _process_start("keepalived") if role["keepalived_running"] else None
+        young = started is not None and time.time() - started < KEEPALIVED_STARTUP_S
+        settled = role["consistent"] and not plan
+        if (settled and not young) or time.monotonic() >= deadline:
+            return role, plan, settled
+        time.sleep(0.5)  # a transition in flight settles by itself
+
+
 def _run_plan(plan, hook, state_file):
     done = []
     for action, _why in plan:
@@ -159,18 +182,11 @@ def consistent(name, settle=10, hook=None, state_file=None):
     ret = _ret(name)
     hook = hook or __opts__.get("conntrack.hook", HOOK)
     state_file = state_file or __opts__.get("conntrack.hook_state_file", HOOK_STATE)
-    deadline = time.monotonic() + float(settle)
-    while True:
-        try:
-            role = _role()
-        except CommandExecutionError as exc:
-            ret["result"], ret["comment"] = False, str(exc)
-            return ret
-        plan = _plan(role, state_file)
-        settled = role["consistent"] and not plan
-        if settled or time.monotonic() >= deadline:
-            break
-        time.sleep(0.5)  # a transition in flight settles by itself
+    try:
+        role, plan, settled = _judge(state_file, float(settle))
+    except CommandExecutionError as exc:
+        ret["result"], ret["comment"] = False, str(exc)
+        return ret
     if role["group"] in ("SPLIT", "PARTIAL"):
         ret["result"] = False
         ret["comment"] = "; ".join(role["problems"]) + ": keepalived must settle the VIPs, not this state"
@@ -193,7 +209,15 @@ def consistent(name, settle=10, hook=None, state_file=None):
         ret["result"] = False
         ret["comment"] = str(exc)
         return ret
-    after = _role()
+    if ("start keepalived", "keepalived is not running") in plan:
+        # the same grace as before: a keepalived that exits again right after its start is a failure
+        after, _, _ = _judge(state_file, KEEPALIVED_STARTUP_S + 1)
+        if not after["keepalived_running"]:
+            ret["result"] = False
+            ret["comment"] = "started keepalived, and it exited again within its first seconds"
+            return ret
+    else:
+        after = _role()
     ret["changes"]["problems_after"] = after["problems"]
     ret["result"] = bool(after["consistent"])
     ret["comment"] = "ran " + ", ".join(a for a, _ in plan) + (

@@ -155,6 +155,43 @@ def test_split_vips_fail_without_acting(state_env, monkeypatch):
     assert ret["result"] is False and "keepalived must settle the VIPs" in ret["comment"] and state_env == []
 
 
+@pytest.fixture
+def clock(monkeypatch):
+    """A fake clock for the state's waits: sleep() advances it."""
+    now = {"t": 1000.0}
+    monkeypatch.setattr(st.time, "time", lambda: now["t"])
+    monkeypatch.setattr(st.time, "monotonic", lambda: now["t"])
+    monkeypatch.setattr(st.time, "sleep", lambda s: now.update(t=now["t"] + s))
+    return now
+
+
+def test_a_keepalived_that_exits_right_after_its_start_is_started_again(state_env, monkeypatch, clock):
+    """Judged only after the start-up grace: the one that exited by then is started again."""
+    monkeypatch.setattr(st, "_process_start", lambda name: 999.9 if name == "keepalived" else 0)  # 0.1 s old
+    young, gone = role(group="BACKUP", hook="fault", gate="closed"), \
+        dict(role(group="BACKUP", hook="fault", gate="closed"), keepalived_running=False)
+    started, looks = [], []
+
+    def fake_role():
+        """Running at the first look, gone from the second until the state starts it again."""
+        looks.append(1)
+        return young if started or len(looks) == 1 else gone
+    st.__salt__["conntrack.role"] = fake_role
+    st.__salt__["service.start"] = lambda name: started.append(name) or True
+    ret = st.consistent("G1", settle=10)
+    assert started == ["keepalived"] and ret["result"] is True, ret
+    assert ret["changes"]["actions"] == ["start keepalived"]
+
+
+def test_a_keepalived_that_exits_again_fails_the_state(state_env, monkeypatch, clock):
+    monkeypatch.setattr(st, "_process_start", lambda name: 0)
+    gone = dict(role(group="BACKUP", hook="fault", gate="closed"), keepalived_running=False)
+    st.__salt__["conntrack.role"] = roles(gone)
+    st.__salt__["service.start"] = lambda name: True
+    ret = st.consistent("G1", settle=0)
+    assert ret["result"] is False and "exited again" in ret["comment"], ret
+
+
 # -- vrrp_sync.master / backup -----------------------------------------------------
 def healthy(would_lose=0):
     return lambda timeout: {"would_lose": would_lose, "verdict": f"{would_lose} missing"}
