@@ -50,17 +50,8 @@ def one_run(fleet):
     fleet.crash(primary)
     held = crashed + fleet.wait_vips(backup, PAIR_VIPS, timeout=15)
 
-    def event():
-        found = fleet.events(crashed, f"salt/beacon/{backup}/keepalived/G1/MASTER")
-        return found[0] if found else None
-    ev = wait_for(event, 15, "the beacon event", 0.2)
-
-    def reactor():
-        for e in fleet.events(ev["t"], "salt/job/"):
-            if e["data"].get("id") == backup and e["data"].get("fun") == "state.single":
-                return e
-        return None
-    ret = wait_for(reactor, 20, "the reactor's return", 0.2)
+    ev = wait_for(lambda: fleet.beacon_event(backup, "MASTER", crashed), 15, "the beacon event", 0.2)
+    ret = wait_for(lambda: fleet.reactor_return(backup, ev["t"]), 20, "the reactor's return", 0.2)
     fleet.reboot(primary)
     return {"takeover_s": round(held - crashed, 3), "event_s": round(ev["t"] - crashed, 3),
             "reactor_s": round(ret["t"] - ev["t"], 3), "reactor_ok": bool(ret["data"].get("success")),

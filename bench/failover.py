@@ -85,7 +85,7 @@ import hafw_model  # noqa: E402
 from _util import RootConntrackLimits, hook_time, pow2_at_least, restore_leftover_sysctls, say  # noqa: E402
 
 from lab import Lab  # noqa: E402
-from lab.diagnose import conntrack_count, conntrackd_caches, gate_closed  # noqa: E402
+from lab.diagnose import HOOK_LOG, conntrack_count, conntrackd_caches, gate_closed  # noqa: E402
 from lab.fleet import Fleet  # noqa: E402
 from lab.flows import INTERNET, OUT_TCP, OUT_UDP, PYTHON, Flows  # noqa: E402
 from lab.wait import wait_for  # noqa: E402
@@ -93,7 +93,6 @@ from lab.wait import wait_for  # noqa: E402
 RESULTS = HERE / "results" / "failover.json"
 CLUSTER = "fw-pair"
 PRIMARY, BACKUP = "fw-cent7i", "fw-cent7j"
-HOOK_LOG = "/var/log/hafw-conntrackd.log"
 
 CANDIDATE = "3:0.1"  # the candidate default VRRP timing (version:advert_int)
 TIMINGS = "2:1,3:0.1,3:0.05"

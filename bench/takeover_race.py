@@ -68,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _util import hook_time  # noqa: E402
 
 from lab.ctfill import extra_tuple, fill  # noqa: E402
-from lab.diagnose import conntrack_count, conntrackd_caches  # noqa: E402
+from lab.diagnose import HOOK_LOG, conntrack_count, conntrackd_caches  # noqa: E402
 from lab.wait import wait_for  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -82,7 +82,6 @@ NODES = {"fw1": "fw-cent7i", "fw2": "fw-cent7j"}
 ADDR = {"fw1": {"enp0s3": "192.168.0.41", "enp0s8": "192.168.1.41", "enp0s9": "192.168.3.41"},
         "fw2": {"enp0s3": "192.168.0.42", "enp0s8": "192.168.1.42", "enp0s9": "192.168.3.42"}}
 HOOK = "/etc/conntrackd/primary-backup.sh"
-HOOK_LOG = "/var/log/hafw-conntrackd.log"
 CTD_LOG = "/var/log/conntrackd-bench.log"
 KA_LOG = "/var/log/keepalived-bench.log"
 GATE_CHAIN = "HAFW_GATE"

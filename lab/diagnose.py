@@ -15,6 +15,7 @@ import time
 
 CONNTRACKD = ["conntrackd", "-C", "/etc/conntrackd/conntrackd.conf"]
 GATE_JUMP = "-A PREROUTING -j HAFW_GATE"
+HOOK_LOG = "/var/log/hafw-conntrackd.log"  # the transition hook's log (conntrackd/parameters)
 
 
 def conntrack_count(host):
@@ -81,8 +82,8 @@ def vrrp_report(host):
     # keepalived logs to syslog, which lab hosts lack: the transition hook's log
     # says what keepalived went through (a "stop" means it was told to exit),
     # the init script's pid file whether it was started as a service
-    parts.append(host.exec(["sh", "-c", "echo '--- /var/log/hafw-conntrackd.log (last 12)'; "
-                                        "tail -n 12 /var/log/hafw-conntrackd.log 2>&1; "
+    parts.append(host.exec(["sh", "-c", f"echo '--- {HOOK_LOG} (last 12)'; "
+                                        f"tail -n 12 {HOOK_LOG} 2>&1; "
                                         "echo '--- pid files'; ls -l /run/keepalived*.pid 2>&1; "
                                         "echo '--- processes'; ps -eo pid,ppid,stat,lstart,args 2>&1 | tail -n 25"],
                            check=False).stdout)

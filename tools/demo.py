@@ -8,11 +8,16 @@ under load that loses nothing.
 2. Starts 250 flows (lab/flows.py): 150 inbound SMTP sessions through two
    NATs, 50 TCP and 50 UDP outbound flows SNATed by the pair.
 3. Crashes the primary (links cut, every process killed), waits for the
-   backup to hold every VIP; reboots the crashed node, whose minion converges
-   it at start, and waits for it to take the VIPs back (preempt).
-4. Writes lab-report/report.json and lab-report/timeline.png, tears down.
+   backup to hold every VIP, for the keepalived beacon's event of its sync
+   group becoming MASTER on the master's bus, and for the reactor's job
+   (vrrp_sync.consistent on the new master); reboots the crashed node, whose
+   minion converges it at start, and waits for it to take the VIPs back
+   (preempt).
+4. Writes lab-report/report.json (with beacon_event_latency_s: crash to
+   event, and reactor_job_ok) and lab-report/timeline.png, tears down.
 """
 
+import datetime
 import json
 import pathlib
 import sys
@@ -22,9 +27,11 @@ import time
 import yaml
 
 from lab import Lab
+from lab.diagnose import HOOK_LOG
 from lab.fleet import Fleet
 from lab.flows import Flows
 from lab.report import write_report
+from lab.wait import wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REPORT = REPO / "lab-report"
@@ -43,6 +50,48 @@ def lost_by_phase(result, failback_t_rel):
             last = (flow.get("last_reply_ms") or 0) / 1000
             before, after = (before + 1, after) if last < failback_t_rel else (before, after + 1)
     return before, after
+
+
+def became_master_at(fleet, node, since):
+    """When keepalived made node MASTER (its notify runs the hook: the hook log's first
+    "primary: begin" after since, epoch s), or None."""
+    out = fleet[node].exec(["grep", " primary: begin", HOOK_LOG], check=False).stdout
+    for line in out.splitlines():
+        stamp = datetime.datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+        if stamp >= since:
+            return stamp
+    return None
+
+
+def beacon_and_reactor(fleet, node, crashed_at):
+    """Wait for the beacon's event of node's sync group becoming MASTER and the reactor's job
+    on node; say what came; the report's figures: beacon_event_latency_s is from keepalived's
+    transition (the notify) to the event on the master's bus (None if it never came)."""
+    try:
+        event = wait_for(lambda: fleet.beacon_event(node, "MASTER", crashed_at), 15, "the beacon event", 0.2)
+    except TimeoutError:
+        say(f"  no beacon event from {node} within 15 s")
+        return {"beacon_event_latency_s": None, "reactor_job_ok": False}
+    data = event["data"]
+    transition = became_master_at(fleet, node, crashed_at) or data["at"]
+    latency = round(event["t"] - transition, 3)
+    say(f"  event {event['tag']} on the master {latency:.2f} s after the transition "
+        f"(previous {data['previous']}, {len(data['vips'])} VIPs, from the {data['source']})")
+    try:
+        ret = wait_for(lambda: fleet.reactor_return(node, event["t"]), 20, "the reactor's job", 0.2)
+    except TimeoutError:
+        say(f"  no return of the reactor's job on {node} within 20 s")
+        return {"beacon_event_latency_s": latency, "reactor_job_ok": False}
+    ok = bool(ret["data"].get("success")) and ret["data"].get("retcode") == 0
+    states = ret["data"].get("return") or {}
+    comment = next(iter(states.values()), {}).get("comment", "") if isinstance(states, dict) else states
+    say(f"  reactor: vrrp_sync.consistent on {node} returned {'ok' if ok else 'FAILED'} "
+        f"{ret['t'] - event['t']:.2f} s after the event: {comment}")
+    return {"beacon_event_latency_s": latency, "reactor_job_ok": ok,
+            "beacon_event_after_crash_s": round(event["t"] - crashed_at, 3),
+            "reactor_return_after_event_s": round(ret["t"] - event["t"], 3),
+            "events": [{"t": event["t"], "label": "beacon event on the master"},
+                       {"t": ret["t"], "label": "reactor job returned"}]}
 
 
 def main():
@@ -65,12 +114,13 @@ def main():
 
         say(f"3/4 crashing {primary}")
         flows.mark(f"crash {primary}")
-        t_crash = time.monotonic()
+        t_crash, crashed_at = time.monotonic(), time.time()
         fleet.crash(primary)
         fleet.wait_vips(backup, PAIR_VIPS, timeout=20)
         flows.mark(f"{backup} took over")
         say(f"  {backup} holds the VIPs {time.monotonic() - t_crash:.1f} s after the crash")
-        time.sleep(8)
+        events = beacon_and_reactor(fleet, backup, crashed_at)
+        time.sleep(max(0.0, 8 - (time.monotonic() - t_crash)))
         say(f"  rebooting {primary} (its minion runs a highstate at start)")
         flows.mark(f"reboot {primary}")
         fleet.reboot(primary)
@@ -86,11 +136,11 @@ def main():
     extra = {"flows": result["summary"]["flows"], "lost_failover": lost_failover,
              "lost_failback": lost_failback, "max_gap_ms": result["summary"]["max_gap_ms"],
              "vrrp_advert_int": advert, "setup_s": round(setup_s, 1),
-             "demo_s_after_setup": round(time.monotonic() - started - setup_s, 1)}
+             "demo_s_after_setup": round(time.monotonic() - started - setup_s, 1), **events}
     write_report(result, REPORT, extra)
     say(f"report: {json.dumps(extra)}")
     say(f"written: {REPORT / 'report.json'}, {REPORT / 'timeline.png'}")
-    return 0 if lost_failover == lost_failback == 0 else 1
+    return 0 if lost_failover == lost_failback == 0 and events["reactor_job_ok"] else 1
 
 
 if __name__ == "__main__":

@@ -40,27 +40,9 @@ pytestmark = pytest.mark.skipif(not (VENV_BIN / "salt-master").exists(), reason=
 TAKEOVER_S = 10
 
 
-
 @pytest.fixture(scope="module")
 def fleet():
     yield from live_fleet(default_timing())
-
-
-def group_event(fleet, node, state, since):
-    """The first beacon event of node's sync group entering state, received after since, or None."""
-    for event in fleet.events(since, f"salt/beacon/{node}/keepalived/G1/{state}"):
-        return event
-    return None
-
-
-def reactor_return(fleet, node, since):
-    """The return of the reactor's consistency state on node, received after since, or None."""
-    for event in fleet.events(since, "salt/job/"):
-        data = event["data"]
-        if data.get("id") == node and data.get("fun") == "state.single" and \
-                "vrrp_sync.consistent" in json.dumps(data.get("fun_args")):
-            return event
-    return None
 
 
 def test_a_crash_reaches_the_master_and_the_reactor_answers(fleet):
@@ -69,13 +51,13 @@ def test_a_crash_reaches_the_master_and_the_reactor_answers(fleet):
     crashed_at = time.time()
     fleet.crash(primary)
     fleet.wait_vips(backup, PAIR_VIPS, timeout=TAKEOVER_S)
-    event = wait_for(lambda: group_event(fleet, backup, "MASTER", crashed_at), 10,
+    event = wait_for(lambda: fleet.beacon_event(backup, "MASTER", crashed_at), 10,
                      f"the beacon event of {backup} becoming master", 0.2)
     data = event["data"]
     assert data["id"] == backup and data["kind"] == "GROUP" and data["previous"] in ("BACKUP", "FAULT")
     assert data["source"] == "fifo" and len(data["vips"]) == PAIR_VIPS
     assert data["sync_status"]["running"] is True and data["sync_status"]["mode"] == "ftfw"
-    ret = wait_for(lambda: reactor_return(fleet, backup, event["t"]), 20, "the reactor's consistency state", 0.2)
+    ret = wait_for(lambda: fleet.reactor_return(backup, event["t"]), 20, "the reactor's consistency state", 0.2)
     assert ret["data"]["success"] and ret["data"]["retcode"] == 0, ret["data"]
     recorded = wait_for(lambda: [t for t in fleet.salt_run("hafw.transitions", f"node={backup}")
                                  if t["state"] == "MASTER" and t["at"] == data["at"]], 10,
@@ -104,10 +86,10 @@ def test_the_reactor_alone_commits_when_the_hook_is_off(fleet, tmp_path):
         scenario.takeover(backup, TAKEOVER_S)
         wait_for(lambda: role(fleet, backup) == "primary", 20, f"the reactor's primary transition on {backup}")
         scenario.mark(f"{backup}: primary transition done (by the reactor)")
-        event = group_event(fleet, backup, "MASTER", crashed_at)
+        event = fleet.beacon_event(backup, "MASTER", crashed_at)
         assert event, f"no beacon event of {backup} becoming master"
         # the hook wrote its role file; the state still checks the role again before it returns
-        ret = wait_for(lambda: reactor_return(fleet, backup, crashed_at), 20, "the reactor's return", 0.2)
+        ret = wait_for(lambda: fleet.reactor_return(backup, crashed_at), 20, "the reactor's return", 0.2)
         (result,) = scenario.collect()
         assert_nothing_lost(result)
         changes = json.dumps(ret["data"]["return"])

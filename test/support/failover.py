@@ -9,7 +9,7 @@ import copy
 import json
 import pathlib
 
-from lab.diagnose import gate_closed
+from lab.diagnose import HOOK_LOG, gate_closed
 from lab.fleet import Fleet
 from lab.flows import Flows
 from lab.lab import Lab
@@ -21,7 +21,6 @@ REPORT = REPO / "lab-report" / "failover"
 PAIR = ("fw-cent7i", "fw-cent7j")
 PAIR_VIPS = 4
 DAEMONS = ("keepalived", "conntrackd")
-HOOK_LOG = "/var/log/hafw-conntrackd.log"
 
 
 def running(fleet, name, daemon):
