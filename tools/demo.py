@@ -52,6 +52,11 @@ def lost_by_phase(result, failback_t_rel):
     return before, after
 
 
+def hook_role(fleet, node):
+    """What the transition hook last recorded on node: primary, backup, fault, stop or ''."""
+    return fleet[node].exec(["cat", "/run/conntrackd/hafw-role"], check=False).stdout.split(" ")[0]
+
+
 def became_master_at(fleet, node, since):
     """When keepalived made node MASTER (its notify runs the hook: the hook log's first
     "primary: begin" after since, epoch s), or None."""
@@ -102,9 +107,13 @@ def main():
         fleet = Fleet(lab, say=lambda m: say("  " + m))
         say("1/4 building the lab and converging the firewalls through the salt-master")
         fleet.up()
+        # the seed's MASTER (priority 80 against 70, preempt): the first node to win VRRP may be
+        # the other one, for the few seconds before fw-cent7i's adverts make it take over
+        primary, backup = "fw-cent7i", "fw-cent7j"
+        fleet.wait_vips(primary, PAIR_VIPS, timeout=60)
+        wait_for(lambda: hook_role(fleet, primary) == "primary" and hook_role(fleet, backup) == "backup", 30,
+                 "the transition hooks to settle", 0.5)
         setup_s = time.monotonic() - started
-        primary = max(("fw-cent7i", "fw-cent7j"), key=lambda n: len(fleet.vips(n)))
-        backup = "fw-cent7j" if primary == "fw-cent7i" else "fw-cent7i"
         say(f"  ready in {setup_s:.0f} s: {primary} is primary, {backup} backup")
 
         say("2/4 starting 250 flows (150 inbound SMTP, 50 TCP + 50 UDP outbound)")
