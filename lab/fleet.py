@@ -261,7 +261,9 @@ class Fleet:
 
         Every host the master converged from then on highstates itself at boot.
         """
-        result = self.salt(target, "state.apply", timeout=timeout)
+        # queue: a state the reactor runs on a new master (vrrp_sync.consistent) may be running
+        queue = [] if self.agentless else ["queue=True"]
+        result = self.salt(target, "state.apply", *queue, timeout=timeout)
         summaries = {m: saltmaster.summary(r) for m, r in result.items()}
         for minion, s in summaries.items():
             if s["ok"] and minion in self.lab.hosts and not self.agentless:

@@ -25,6 +25,9 @@ hafw-consistent-on-{{ sender }}:
       - fun: vrrp_sync.consistent
       - name: {{ data.get('name', 'vrrp') | json }}
       - settle: {{ cfg.get('settle', 1) }}
+      # a highstate running on the node (its startup highstate after a reboot, an
+      # operator's apply) makes a second state run fail at once: wait for it instead
+      - queue: true
 
 hafw-resync-on-{{ peer }}:
   local.conntrack.request_resync:

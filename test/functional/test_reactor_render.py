@@ -48,7 +48,7 @@ def test_a_new_master_gets_the_consistency_state_its_peer_a_resync_and_a_log_lin
                            "hafw-resync-on-fw-cent7i"]
     local = out["hafw-consistent-on-fw-cent7j"]["local"]
     assert local[-1] == "state.single" and {"tgt": "fw-cent7j"} in local
-    assert {"args": [{"fun": "vrrp_sync.consistent"}, {"name": "G1"}, {"settle": 1}]} in local
+    assert {"args": [{"fun": "vrrp_sync.consistent"}, {"name": "G1"}, {"settle": 1}, {"queue": True}]} in local
     assert out["hafw-resync-on-fw-cent7i"]["local"] == [{"tgt": "fw-cent7i"}, "conntrack.request_resync"]
     record = out["hafw-record-fw-cent7j-master"]["runner"]
     assert record[-1] == "hafw.record"

@@ -216,17 +216,25 @@ def test_r6_nopreempt_no_failback_then_forced_failback(fleet, tmp_path):
     assert_nothing_lost(result)
 
 
-def flow_entries(host, proto):
-    """The flows' entries in the host's kernel table, as (src, sport): UDP to the outside
-    server; TCP to it and to the SMTP DNAT."""
+def flow_entries(host, proto, nat=False):
+    """The flows' entries in the host's kernel table, as (src, sport), or with nat=True
+    (src, sport, reply src, reply dst, reply dport): the reply tuple shows the NAT (an entry
+    injected without its DNAT would leave the inbound flows' packets to the VIP, local on
+    the new master, which answers with a reset). UDP to the outside server; TCP to it and
+    to the SMTP DNAT, ESTABLISHED only (earlier tests' flows ended: their entries close)."""
     targets = [(INTERNET, OUT_UDP)] if proto == "udp" else [(INTERNET, OUT_TCP), SMTP]
+    state = ["--state", "ESTABLISHED"] if proto == "tcp" else []
     entries = set()
     for addr, port in targets:
-        out = host.exec(["conntrack", "-L", "-p", proto, "-d", addr, "--dport", str(port)], check=False).stdout
+        out = host.exec(["conntrack", "-L", "-p", proto, *state, "-d", addr, "--dport", str(port)],
+                        check=False).stdout
         for line in out.splitlines():
             if line.count("src=") == 2:
-                orig = dict(re.findall(r"(src|sport)=(\S+)", line[:line.rindex("src=")]))
-                entries.add((orig["src"], orig["sport"]))
+                cut = line.rindex("src=")
+                orig = dict(re.findall(r"(src|sport)=(\S+)", line[:cut]))
+                reply = dict(re.findall(r"(src|dst|dport)=(\S+)", line[cut:]))
+                key = (orig["src"], orig["sport"])
+                entries.add(key + (reply["src"], reply["dst"], reply["dport"]) if nat else key)
     return entries
 
 
@@ -248,9 +256,10 @@ def test_inject_mode_takes_over_without_a_commit(fleet, tmp_path):
     assert len(on_primary) >= udp_flows  # (and the entries earlier tests' flows left)
     assert on_primary <= on_backup, f"{len(on_primary - on_backup)} UDP entries expired on the backup"
     # the TCP flows' entries were injected once, at their start (a CI run once lost every TCP flow here)
-    on_primary, on_backup = flow_entries(fleet[primary], "tcp"), flow_entries(fleet[backup], "tcp")
-    assert on_primary <= on_backup, f"{len(on_primary - on_backup)} of {len(on_primary)} TCP entries " \
-                                    f"missing on the backup, e.g. {sorted(on_primary - on_backup)[:3]}"
+    on_primary, on_backup = flow_entries(fleet[primary], "tcp", nat=True), flow_entries(fleet[backup], "tcp", nat=True)
+    assert on_primary <= on_backup, f"{len(on_primary - on_backup)} of {len(on_primary)} TCP entries (with " \
+                                    f"their NAT) missing on the backup, e.g. {sorted(on_primary - on_backup)[:3]}" \
+                                    f"; the backup has e.g. {sorted(on_backup - on_primary)[:3]}"
     crash_and_take_over(fleet, scenario, primary, backup, TAKEOVER_S)
     (result,) = scenario.collect()
     assert_nothing_lost(result)
