@@ -26,10 +26,11 @@ lint: setup
 		echo "salt-lint: $$(wc -w <<<"$$files") files"; .venv/bin/salt-lint $$files || rc=1; }; \
 	exit $$rc
 
-# basetemp lives in a per-run dir under .pytest-tmp/, removed when the tests pass
+# basetemp lives in a per-run dir under .pytest-tmp/, removed when the tests pass;
+# the slowest tests are listed: make test must stay under 30 minutes (slow scenarios go to make bench)
 test: setup lint
 	@run=.pytest-tmp/run-$$(date +%Y%m%d-%H%M%S)-$$$$; mkdir -p $$run; \
-	$(PY) -m pytest -q -p no:cacheprovider --basetemp=$$run/basetemp \
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 --basetemp=$$run/basetemp \
 		$(call existing,test/unit test/functional test/integration); \
 	rm -rf $$run
 
