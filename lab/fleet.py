@@ -222,6 +222,10 @@ class Fleet:
                 return event
         return None
 
+    def hook_role(self, name):
+        """What the transition hook last recorded on the node: primary, backup, fault, stop or ''."""
+        return self[name].exec(["cat", "/run/conntrackd/hafw-role"], check=False).stdout.split(" ")[0]
+
     def reactor_return(self, node, since):
         """The return of the reactor's vrrp_sync.consistent job on node received after since, or None."""
         for event in self.events(since, "salt/job/"):

@@ -52,11 +52,6 @@ def lost_by_phase(result, failback_t_rel):
     return before, after
 
 
-def hook_role(fleet, node):
-    """What the transition hook last recorded on node: primary, backup, fault, stop or ''."""
-    return fleet[node].exec(["cat", "/run/conntrackd/hafw-role"], check=False).stdout.split(" ")[0]
-
-
 def became_master_at(fleet, node, since):
     """When keepalived made node MASTER (its notify runs the hook: the hook log's first
     "primary: begin" after since, epoch s), or None."""
@@ -111,7 +106,7 @@ def main():
         # the other one, for the few seconds before fw-cent7i's adverts make it take over
         primary, backup = "fw-cent7i", "fw-cent7j"
         fleet.wait_vips(primary, PAIR_VIPS, timeout=60)
-        wait_for(lambda: hook_role(fleet, primary) == "primary" and hook_role(fleet, backup) == "backup", 30,
+        wait_for(lambda: fleet.hook_role(primary) == "primary" and fleet.hook_role(backup) == "backup", 30,
                  "the transition hooks to settle", 0.5)
         setup_s = time.monotonic() - started
         say(f"  ready in {setup_s:.0f} s: {primary} is primary, {backup} backup")

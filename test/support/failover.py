@@ -29,7 +29,7 @@ def running(fleet, name, daemon):
 
 def role(fleet, name):
     """What the transition hook last recorded on the node: primary, backup, fault, stop or ''."""
-    return fleet[name].exec(["cat", "/run/conntrackd/hafw-role"], check=False).stdout.split(" ")[0]
+    return fleet.hook_role(name)
 
 
 def holder(fleet):
