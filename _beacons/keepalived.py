@@ -11,7 +11,8 @@ and fires one event per change of state:
 with ``kind`` (GROUP, INSTANCE), ``name``, ``state``, ``previous``,
 ``priority``, the node's ``sync_group``, the ``vips`` it holds now, conntrackd's
 ``sync_status`` at that moment (firewalls), ``source`` (``fifo``, or
-``vips`` when the FIFO was silent and the VIPs on the links show the change)
+``vips`` when the FIFO stayed silent ``vips_grace`` seconds while the VIPs on
+the links showed the change)
 and ``at`` (epoch seconds).
 
 Salt runs beacons once a second (a fixed period of the minion's loop), too
@@ -36,6 +37,7 @@ Configure it in pillar (a pillar ``beacons:`` replaces the minion config's
         - interval: 1            # minion loop intervals (loop_interval, 1 s by default)
         - fifo: /run/keepalived/notify.fifo
         - vips: true             # fall back to the VIPs present when the FIFO is silent
+        - vips_grace: 2          # seconds the VIPs must disagree with the FIFO before the fallback speaks
         - sync_status: true      # add conntrack.sync_status to each event
         - reader: true           # a thread fires FIFO lines at once (false: read once a second)
 """
@@ -54,8 +56,8 @@ from contextlib import contextmanager
 log = logging.getLogger(__name__)
 __virtualname__ = "keepalived"
 
-DEFAULTS = {"fifo": "/run/keepalived/notify.fifo", "vips": True, "sync_status": True, "reader": True,
-            "state_file": None}
+DEFAULTS = {"fifo": "/run/keepalived/notify.fifo", "vips": True, "vips_grace": 2.0, "sync_status": True,
+            "reader": True, "state_file": None}
 STATES = ("MASTER", "BACKUP", "FAULT", "STOP")
 _LINE = re.compile(r'^(INSTANCE|GROUP) "([^"]+)" (MASTER|BACKUP|FAULT|STOP|DELETED)(?: (\d+))?$')
 _READ_MAX = 1 << 16
@@ -91,6 +93,9 @@ def validate(config):
     for key in ("vips", "sync_status", "reader"):
         if key in cfg and not isinstance(cfg[key], bool):
             return False, f"keepalived beacon: {key}: {cfg[key]!r} must be true or false"
+    grace = cfg.get("vips_grace", DEFAULTS["vips_grace"])
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace <= 60:
+        return False, f"keepalived beacon: vips_grace: {grace!r} must be a number of seconds from 0 to 60"
     if cfg.get("state_file") is not None and not str(cfg["state_file"]).startswith("/"):
         return False, f"keepalived beacon: state_file: {cfg['state_file']!r} must be an absolute path"
     return True, "valid"
@@ -303,11 +308,42 @@ def _agrees(fifo_state, vip_state):
     return fifo_state == vip_state or (vip_state == "BACKUP" and fifo_state in ("FAULT", "STOP"))
 
 
+def _vip_changes(role, last, pending, grace, now):
+    """
+    The transitions the VIPs show and the FIFO did not say, once they have
+    disagreed for ``grace`` seconds: keepalived adds a group's VIPs before it
+    writes the group's line, and a busy reader thread may read that line a
+    moment later; the fallback is for a FIFO that stays silent.
+    """
+    changes = []
+    states = _vip_states(role)
+    for key in [k for k in pending if tuple(k.split(":", 1)) not in states]:
+        del pending[key]
+    for (kind, name), state in sorted(states.items()):
+        key = f"{kind}:{name}"
+        if _agrees(last.get(key), state):
+            pending.pop(key, None)
+            continue
+        first = pending.get(key)
+        if not first or first[0] != state:
+            pending[key] = [state, now]
+            if grace > 0:
+                continue
+        elif now - first[1] < grace:
+            continue
+        changes.append({"kind": kind, "name": name, "state": state, "previous": last.get(key),
+                        "priority": None, "source": "vips"})
+        last[key] = state
+        pending.pop(key, None)
+    return changes
+
+
 def _events_for(cfg, opts, funcs, fifo_data=b"", vips=False):
     """The events for new FIFO data and (vips=True) for VIPs that moved without a FIFO line."""
     changes = []
     with _locked(_state_path(cfg, opts)) as seen:
         last = seen.setdefault("last", {})
+        pending = seen.setdefault("pending", {})
         for line in _split_lines(seen, fifo_data) if fifo_data else []:
             parsed = parse_line(line)
             if parsed is None:
@@ -318,18 +354,14 @@ def _events_for(cfg, opts, funcs, fifo_data=b"", vips=False):
                 last.pop(f"{kind}:{name}", None)
                 continue
             key = f"{kind}:{name}"
+            pending.pop(key, None)  # the FIFO spoke: the fallback has nothing to add
             if last.get(key) != state:
                 changes.append({"kind": kind, "name": name, "state": state, "previous": last.get(key),
                                 "priority": prio, "source": "fifo"})
                 last[key] = state
         role = _held(funcs) if (vips or changes) else None
         if vips and role:
-            for (kind, name), state in sorted(_vip_states(role).items()):
-                key = f"{kind}:{name}"
-                if not _agrees(last.get(key), state):
-                    changes.append({"kind": kind, "name": name, "state": state, "previous": last.get(key),
-                                    "priority": None, "source": "vips"})
-                    last[key] = state
+            changes += _vip_changes(role, last, pending, float(cfg["vips_grace"]), time.time())
     if not changes:
         return []
     if role and any(c["state"] == "MASTER" for c in changes):

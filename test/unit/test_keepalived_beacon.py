@@ -82,15 +82,30 @@ def test_malformed_lines_are_skipped_and_a_partial_line_waits(node, caplog):
     assert [e["tag"] for e in beacon.beacon(fifo_only)] == ["G1/BACKUP"]
 
 
-def test_a_silent_fifo_falls_back_to_the_vips(node):
+def test_a_silent_fifo_falls_back_to_the_vips_after_the_grace(node):
+    config = [*node.config, {"vips_grace": 0.3}]
     node.write('GROUP "G1" BACKUP\nINSTANCE "VI_1" BACKUP 70\n')
-    beacon.beacon(node.config)
+    beacon.beacon(config)
     node.set_role(role())  # the VIPs arrived, the FIFO said nothing
-    events = beacon.beacon(node.config)
+    assert beacon.beacon(config) == []  # not yet: the FIFO line may be on its way
+    time.sleep(0.35)
+    events = beacon.beacon(config)
     assert [(e["tag"], e["source"], e["previous"]) for e in events] == [
         ("G1/MASTER", "vips", "BACKUP"), ("VI_1/MASTER", "vips", "BACKUP")]
     node.write('INSTANCE "VI_1" MASTER 70\nGROUP "G1" MASTER\n')  # the FIFO catches up: no duplicate
+    assert beacon.beacon(config) == []
+
+
+def test_a_fifo_line_within_the_grace_wins_over_the_vips(node):
+    """keepalived adds the group's VIPs, then writes its line: a run in between must not report the VIPs."""
+    node.write('GROUP "G1" BACKUP\nINSTANCE "VI_1" BACKUP 70\n')
+    beacon.beacon(node.config)
+    node.set_role(role())
     assert beacon.beacon(node.config) == []
+    node.write('INSTANCE "VI_1" MASTER 70\nGROUP "G1" MASTER\n')
+    assert [(e["tag"], e["source"]) for e in beacon.beacon(node.config)] == [
+        ("VI_1/MASTER", "fifo"), ("G1/MASTER", "fifo")]
+    assert beacon.beacon([*node.config, {"vips_grace": 0}]) == []
 
 
 def test_fault_without_vips_is_not_contradicted_by_the_fallback(node):
@@ -107,6 +122,7 @@ def test_no_fifo_means_no_events_and_no_error(node, tmp_path):
     ({"fifo": "/x"}, "must be a list"),
     ([{"fifo": "relative"}], "must be an absolute path"),
     ([{"vips": "yes"}], "vips: 'yes' must be true or false"),
+    ([{"vips_grace": -1}], "vips_grace: -1 must be a number of seconds from 0 to 60"),
     ([{"fiffo": "/x"}], "unknown keys ['fiffo']"),
 ])
 def test_validate_names_the_bad_key(config, message):
@@ -154,6 +170,9 @@ def test_the_reader_follows_a_restarted_keepalived(node, tmp_path):
     reader.start()
     try:
         node.write('GROUP "G1" BACKUP\n')
+        deadline = time.monotonic() + 3
+        while not fired and time.monotonic() < deadline:  # the reader has the first FIFO open
+            time.sleep(0.01)
         fifo.unlink()  # keepalived exits (the fixture's writer end stays open on the old inode)
         time.sleep(0.2)
         os.mkfifo(fifo)
