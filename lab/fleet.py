@@ -14,6 +14,7 @@ See docs/lab.md.
 
 import ipaddress
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -41,14 +42,31 @@ def _cidrs(network, addresses):
     return out
 
 
-def load_topology(path=TOPOLOGY, pillar=None):
-    """The topology with every address resolved (pillar addresses filled in), as plain data."""
+def kernel_has_ipvs():
+    """Whether this kernel has IPVS (built in, loaded, or loadable): the load balancers need it."""
+    if Path("/proc/net/ip_vs").exists():
+        return True
+    return subprocess.run(["modprobe", "-q", "ip_vs"], capture_output=True).returncode == 0 \
+        and Path("/proc/net/ip_vs").exists()
+
+
+def load_topology(path=TOPOLOGY, pillar=None, ipvs=None):
+    """The topology with every address resolved (pillar addresses filled in), as plain data.
+
+    ipvs: whether the kernel has IPVS (default: asked); selects the hosts marked `needs`.
+    """
     pillar = pillar or example_pillar()
     clusters = pillar["hafw"]["clusters"]
     nodes = {n: c["nodes"][n] for c in clusters.values() for n in c["nodes"]}
     raw = yaml.safe_load(Path(path).read_text())
     networks, hosts = raw["networks"], {}
+    ipvs = kernel_has_ipvs() if ipvs is None else ipvs
     for name, spec in raw["hosts"].items():
+        needs = spec.get("needs")
+        if needs not in (None, "ipvs", "no-ipvs"):
+            raise LabError("%s: needs: %r (ipvs or no-ipvs)" % (name, needs))
+        if (needs == "ipvs" and not ipvs) or (needs == "no-ipvs" and ipvs):
+            continue
         pillar_ifs, vips, routes = {}, {}, dict(spec.get("routes") or {})
         if spec.get("pillar"):
             pillar_ifs = nodes[name]["interfaces"]
@@ -135,7 +153,7 @@ class Fleet:
     def up(self):
         """start(), then converge through the master and wait for the VRRP masters."""
         self.start()
-        results = self._timed("converging %s" % ",".join(self.minions), self.converge)
+        results = self._timed("converging %s" % ",".join(self.minions), self.converge, "*")
         bad = {m: r["failed"] for m, r in results.items() if not r["ok"]}
         if bad or set(results) != set(self.minions):
             raise LabError("converge failed: %s (returned: %s)" % (bad, sorted(results)))

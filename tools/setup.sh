@@ -22,8 +22,12 @@ trap cleanup EXIT
 # They are installed here, in the root filesystem the lab hosts share, so that
 # the formula's pkg.installed states are no-ops inside the lab (a lab host's
 # /usr is the real one: an install there would write outside the lab).
+# postfix: the mail servers behind the load balancers (the lab configures and starts
+# its own, per host); qemu-system-x86: the guest that gives the load balancers IPVS
+# (this kernel has none; lab/guest/).
 APT_PACKAGES=(keepalived conntrackd conntrack iptables iptables-persistent nftables ipvsadm
-              openssh-server checkpolicy semodule-utils iproute2 util-linux procps kmod iputils-ping)
+              openssh-server checkpolicy semodule-utils iproute2 util-linux procps kmod iputils-ping
+              postfix qemu-system-x86)
 
 say() { printf 'setup: %s\n' "$*"; }
 fail() {
@@ -71,9 +75,11 @@ else
         "${SUDO[@]}" chmod 755 "$POLICY"
     fi
     export DEBIAN_FRONTEND=noninteractive
-    # iptables-persistent asks whether to save the current rules: it must not
+    # iptables-persistent asks whether to save the current rules: it must not;
+    # postfix gets no system-wide configuration (each lab mail server has its own)
     printf '%s\n' 'iptables-persistent iptables-persistent/autosave_v4 boolean false' \
-        'iptables-persistent iptables-persistent/autosave_v6 boolean false' |
+        'iptables-persistent iptables-persistent/autosave_v6 boolean false' \
+        'postfix postfix/main_mailer_type select No configuration' |
         "${SUDO[@]}" debconf-set-selections
     status=0
     { "${SUDO[@]}" apt-get update -q &&
