@@ -9,6 +9,9 @@ The reference scenario's traffic through a running fleet (lab/fleet.py).
 
 Servers and clients are lab/traffic.py processes inside their hosts, started
 with the project's venv; the clients stop by themselves after the duration.
+With Flows(..., mail_server="postfix") the mail hosts run a real postfix
+instead (lab/mailserver.py, on both), and the inbound sessions speak SMTP
+(lab/smtp_session.py: EHLO, NOOPs, one mail each at the end).
 Events (crash, takeover...) are appended to a shared file that both clients
 copy into their results; `collect()` merges the two results into one.
 """
@@ -17,6 +20,7 @@ import json
 import pathlib
 import time
 
+from lab import mailserver
 from lab.traffic import percentile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -24,11 +28,13 @@ PYTHON = REPO / ".venv" / "bin" / "python"
 SMTP = ("192.168.0.60", 25)         # the pair's DNAT of the SMTP service
 INTERNET = "192.168.0.100"          # outside server for outbound (SNAT) flows
 OUT_TCP, OUT_UDP = 2525, 5353
+MAIL_HOSTS = ("mail-cent7a", "mail-cent7b")  # the LVS real servers
+MAIL_SERVERS = ("responder", "postfix")
 
 
-def _start(host, args, log):
-    """A lab.traffic process in the host, detached, output to a log file."""
-    cmd = f"cd {REPO} && exec {PYTHON} -m lab.traffic {args} </dev/null >>{log} 2>&1"
+def _start(host, args, log, module="lab.traffic"):
+    """A lab.traffic (or other module's) process in the host, detached, output to a log file."""
+    cmd = f"cd {REPO} && exec {PYTHON} -m {module} {args} </dev/null >>{log} 2>&1"
     host.exec(["sh", "-c", cmd + " &"])
 
 
@@ -44,8 +50,12 @@ def _wait_for(host, log, word, timeout):
 class Flows:
     """One run of the scenario's flows; files go to `work` (a directory on the real fs)."""
 
-    def __init__(self, fleet, work):
+    def __init__(self, fleet, work, mail_server="responder"):
+        """mail_server: "responder" (lab/traffic_server.py on mail-cent7a) or "postfix"."""
+        if mail_server not in MAIL_SERVERS:
+            raise ValueError(f"mail_server: one of {MAIL_SERVERS}, not {mail_server!r}")
         self.fleet = fleet
+        self.mail_server = mail_server
         self.work = pathlib.Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.events = self.work / "events.jsonl"
@@ -54,8 +64,15 @@ class Flows:
 
     def serve(self, max_seconds=900):
         """Start the servers (idempotent per host: a second call starts nothing new)."""
-        for name, args in (("mail-cent7a", f"--tcp {SMTP[1]} --udp 5300"),
-                           ("internet", f"--tcp {OUT_TCP} --udp {OUT_UDP}")):
+        servers = [("internet", f"--tcp {OUT_TCP} --udp {OUT_UDP}")]
+        if self.mail_server == "postfix":
+            for name in MAIL_HOSTS:
+                if not mailserver.running(self.fleet[name]):
+                    mailserver.configure(self.fleet[name])
+                    mailserver.start(self.fleet[name])
+        else:
+            servers.insert(0, ("mail-cent7a", f"--tcp {SMTP[1]} --udp 5300"))
+        for name, args in servers:
             log = self.work / f"server-{name}.log"
             if not log.exists():
                 _start(self.fleet[name], f"serve {args} --max-seconds {max_seconds}", log)
@@ -76,7 +93,9 @@ class Flows:
             out, log = self.work / f"{name}.json", self.work / f"{name}.log"
             out.unlink(missing_ok=True)
             log.write_text("")  # "connected" must come from this run
-            _start(self.fleet[name], f"run {args} {common} --out {out}", log)
+            smtp = name == "client1" and self.mail_server == "postfix"
+            _start(self.fleet[name], f"run {args} {common} --out {out}", log,
+                   "lab.smtp_session" if smtp else "lab.traffic")
             self.clients[name] = (out, log)
         for name, (_, log) in self.clients.items():
             _wait_for(self.fleet[name], log, "connected", 30)
@@ -125,4 +144,7 @@ def merge(results):
         "rate_hz": first["rate_hz"], "duration_s": max(r["summary"]["duration_s"] for r in results.values()),
         "t0": t0, "bucket_ms": bucket_ms,
     }
+    if any("mail_accepted" in f for f in flows):  # SMTP sessions (lab/smtp_session.py)
+        summary["mails"] = sum(f.get("message_id") is not None for f in flows)
+        summary["mails_accepted"] = sum(bool(f.get("mail_accepted")) for f in flows)
     return {"flows": flows, "summary": summary, "events": sorted(events.values(), key=lambda e: e["t"])}

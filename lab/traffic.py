@@ -192,6 +192,19 @@ def check_run_args(parser, args):
         parser.error("--udp-flows needs --udp-target ADDR:PORT")
 
 
+def add_run_options(run, flow="flow", connect_help=None):
+    """The options every flow runner shares (this one and lab.smtp_session's)."""
+    run.add_argument("--rate", type=float, default=5.0, help="requests per second per " + flow)
+    run.add_argument("--duration", type=float, required=True, help="seconds of sending")
+    run.add_argument("--out", required=True, metavar="FILE.json")
+    run.add_argument("--events", metavar="FILE", help='JSON lines {"t": epoch, "label": ...}')
+    run.add_argument("--timeout", type=float, default=2.0, help="a reply later than this is lost")
+    run.add_argument("--stall", type=float, default=2.0,
+                     help="no reply in the last max(STALL, 3/rate) s: the %s is lost" % flow)
+    run.add_argument("--connect-batch", type=int, default=200, help="connects in flight at once")
+    run.add_argument("--connect-timeout", type=float, default=5.0, help=connect_help)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m lab.traffic", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,15 +219,7 @@ def main(argv=None):
     run.add_argument("--target", type=address, metavar="ADDR:PORT")
     run.add_argument("--udp-flows", type=int, default=0)
     run.add_argument("--udp-target", type=address, metavar="ADDR:PORT")
-    run.add_argument("--rate", type=float, default=5.0, help="requests per second per flow")
-    run.add_argument("--duration", type=float, required=True, help="seconds of sending")
-    run.add_argument("--out", required=True, metavar="FILE.json")
-    run.add_argument("--events", metavar="FILE", help='JSON lines {"t": epoch, "label": ...}')
-    run.add_argument("--timeout", type=float, default=2.0, help="a reply later than this is lost")
-    run.add_argument("--stall", type=float, default=2.0,
-                     help="no reply in the last max(STALL, 3/rate) s: the flow is lost")
-    run.add_argument("--connect-batch", type=int, default=200, help="connects in flight at once")
-    run.add_argument("--connect-timeout", type=float, default=5.0)
+    add_run_options(run)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return traffic_server.main(args)

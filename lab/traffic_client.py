@@ -9,6 +9,8 @@ server or any socket error ends the flow and is recorded.  A UDP flow is one
 connected socket sending `<flow> <seq>` on every tick whether or not earlier
 datagrams were answered; replies are matched by <seq>.  An ICMP error on a
 UDP socket is counted (`errors`, `error`) but does not end the flow.
+lab/smtp_session.py's SmtpFlow is a TcpFlow speaking real SMTP to postfix
+(EHLO, bare NOOPs): it overrides line_received() and request().
 
 Per flow, all times relative to the run's start t0:
   sent, replies   requests sent, replies received (late ones included)
@@ -175,19 +177,31 @@ class TcpFlow(Flow, asyncio.Protocol):
         self.buf += data
         *lines, self.buf = self.buf.split(b"\n")
         for line in lines:
-            if self.start is None:
-                if line.startswith(b"220"):
-                    self.begin(now)
-                continue
-            words = line.split()
-            if self.waiting and len(words) == 2 and words[0] == b"250" \
-                    and words[1] == b"%d" % self.waiting[0]:
-                seq, sent_at, counted = self.waiting
-                self.waiting = None
-                if now - sent_at > self.run.timeout:
-                    self.late += 1
-                    self.lost += not counted
-                self.got_reply(now, sent_at)
+            self.line_received(now, line)
+
+    def line_received(self, now, line):
+        """One line from the server (a subclass may speak another dialect)."""
+        if self.start is None:
+            if line.startswith(b"220"):
+                self.begin(now)
+            return
+        words = line.split()
+        if self.waiting and len(words) == 2 and words[0] == b"250" \
+                and words[1] == b"%d" % self.waiting[0]:
+            self.answered(now)
+
+    def answered(self, now):
+        """The outstanding request got its reply."""
+        seq, sent_at, counted = self.waiting
+        self.waiting = None
+        if now - sent_at > self.run.timeout:
+            self.late += 1
+            self.lost += not counted
+        self.got_reply(now, sent_at)
+
+    def request(self, seq):
+        """The bytes of request number seq."""
+        return b"NOOP %d\r\n" % seq
 
     def send(self, now):
         if self.waiting:
@@ -199,7 +213,7 @@ class TcpFlow(Flow, asyncio.Protocol):
         self.seq += 1
         self.sent += 1
         self.waiting = (self.seq, now, False)
-        self.transport.write(b"NOOP %d\r\n" % self.seq)
+        self.transport.write(self.request(self.seq))
 
     def outstanding(self):
         return 1 if self.waiting and not self.waiting[2] else 0

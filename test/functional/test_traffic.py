@@ -20,6 +20,7 @@ from lab import Lab, netns
 from lab import traffic as traffic_cli
 from lab.report import write_report
 from lab.wait import wait_for
+from test.support.clients import run_client
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"PYTHONPATH": str(REPO)}
@@ -91,20 +92,8 @@ def run_traffic(net, name, tcp=200, udp=50, duration=4.0, rate=5, during=None):
         with open(events, "a") as f:
             f.write(json.dumps({"t": time.time(), "label": label}) + "\n")
 
-    with open(log, "wb") as f:
-        client = net["cli"].popen(cmd, env=ENV, stdout=f, stderr=subprocess.STDOUT)
-    STARTED.append(client)
-    try:
-        if during:
-            wait_for(lambda: "connected" in read(log) or client.poll() is not None, 15,
-                     "the client's flows")
-            during(mark)
-        assert client.wait(timeout=duration + 30) == 0, read(log)
-    finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait(10)
-    return json.loads(out.read_text())
+    return run_client(net["cli"], cmd, log, out, duration + 30, STARTED,
+                      during=during and (lambda _: during(mark)))
 
 
 def flows(result, proto):
