@@ -12,7 +12,7 @@ yaml_files = find . -path ./.git -prune -o -path ./.venv -prune -o -path ./.pyte
 sls_files = find . -path ./.git -prune -o -path ./.venv -prune -o -path ./.pytest-tmp -prune \
 	-o -path ./.lab-run -prune -o -type f -name '*.sls' -print
 
-.PHONY: golden setup test lint render demo lab-clean bench
+.PHONY: golden setup test test-lb pytest lint render demo demo-lb lab-clean bench
 
 setup:
 	@bash tools/setup.sh
@@ -29,8 +29,16 @@ lint: setup
 # basetemp lives in a per-run dir under .pytest-tmp/, removed when the tests pass;
 # the slowest tests are listed: make test must stay under 30 minutes (slow scenarios go to make bench)
 test: setup lint
+	@$(MAKE) --no-print-directory pytest MARK="not ipvs_guest"
+
+# the load balancers' live tests, in the IPVS qemu guest (lab/guest/; ~15 minutes:
+# Salt under emulation); CI runs them after make test
+test-lb: setup
+	@$(MAKE) --no-print-directory pytest MARK="ipvs_guest"
+
+pytest:
 	@run=.pytest-tmp/run-$$(date +%Y%m%d-%H%M%S)-$$$$; mkdir -p $$run; \
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15 --basetemp=$$run/basetemp \
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 --basetemp=$$run/basetemp -m "$(MARK)" \
 		$(call existing,test/unit test/functional test/integration); \
 	rm -rf $$run
 
@@ -43,6 +51,10 @@ golden: setup
 
 demo: setup
 	$(PY) -m tools.demo
+
+# the reference path with the live load balancers (IPVS guest): failover and restart
+demo-lb: setup
+	$(PY) -m tools.demo_lb
 
 lab-clean: setup
 	$(PY) -m lab.clean

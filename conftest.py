@@ -19,6 +19,8 @@ LOOPBACK = "127.0.0.1"
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config):
+    # make test runs everything else; make test-lb these (the emulated guest is slow)
+    config.addinivalue_line("markers", "ipvs_guest: needs the IPVS qemu guest (lab/guest/); make test-lb")
     log_server = config.pluginmanager.get_plugin("saltfactories-log-server")
     if log_server is not None:  # created by the plugin's own pytest_configure, started later
         log_server.log_host = LOOPBACK

@@ -2,6 +2,7 @@
 
     python -m lab up                 build lab/topology.yaml, start salt, converge; leave it running
     python -m lab up --agentless     the same with sshd in the formula hosts and salt-ssh, no minions
+    python -m lab up --lb            the live load-balancer pair too (IPVS: in a qemu guest here)
     python -m lab status             hosts, VRRP role (VIPs held), daemons running
     python -m lab exec HOST CMD...   run a command in a host (interactive: exec HOST bash)
     python -m lab salt ARGS...       the salt CLI on the master, e.g. salt '*fw*' state.apply
@@ -46,7 +47,8 @@ def cmd_up(args):
     lab = Lab().create(hold=False)
     start = time.monotonic()
     try:
-        fleet = Fleet(lab, load_topology(args.topology), say, agentless=args.agentless)
+        topology = load_topology(args.topology, ipvs=True if args.lb else None)
+        fleet = Fleet(lab, topology, say, agentless=args.agentless, ipvs_guest=args.lb)
         say("run %s (state in %s)" % (lab.prefix, lab.state_dir))
         fleet.up()
     except BaseException:  # error or Ctrl-C: nothing is left behind
@@ -74,6 +76,11 @@ def cmd_status(args):
 
 
 def _interactive(host, cmd):
+    if not hasattr(host, "popen"):  # a host in the IPVS guest: the command's output once it ends
+        proc = host.exec(cmd, check=False, timeout=600)
+        sys.stdout.write(proc.stdout)
+        sys.stderr.write(proc.stderr)
+        return proc.returncode
     proc = host.popen(cmd)
     try:
         return proc.wait()
@@ -136,6 +143,9 @@ def main(argv=None):
     up = sub.add_parser("up", help="build, converge, leave running")
     up.add_argument("--topology", default=str(TOPOLOGY))
     up.add_argument("--agentless", action="store_true", help="sshd and salt-ssh instead of salt minions")
+    up.add_argument("--lb", action="store_true",
+                    help="the live load-balancer pair (in the IPVS guest if this kernel has no IPVS) "
+                         "instead of the stand-in")
     up.set_defaults(func=cmd_up)
     sub.add_parser("status", help="hosts, VRRP roles, daemons").set_defaults(func=cmd_status)
     ex = sub.add_parser("exec", help="run a command in a host")

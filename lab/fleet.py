@@ -22,6 +22,7 @@ import yaml
 
 from . import saltmaster, saltssh
 from .diagnose import vrrp_report
+from .guest.remote import GuestPart
 from .lab import Lab
 from .names import LabError
 from .salt import example_pillar
@@ -93,7 +94,7 @@ def load_topology(path=TOPOLOGY, pillar=None, ipvs=None):
             raise LabError("%s: pillar interfaces %s have no link in the topology" % (name, sorted(missing)))
         if spec.get("gateway"):
             routes["default"] = spec["gateway"]
-        hosts[name] = {"role": spec.get("role", ""), "minion": bool(spec.get("pillar")),
+        hosts[name] = {"role": spec.get("role", ""), "minion": bool(spec.get("pillar")), "needs": needs,
                        "master": bool(spec.get("master")), "links": links,
                        "routes": [{"dest": d, "via": v} for d, v in routes.items()],
                        "sysctl": spec.get("sysctl") or {}, "iptables": spec.get("iptables") or []}
@@ -106,16 +107,39 @@ def load_topology(path=TOPOLOGY, pillar=None, ipvs=None):
                           for n in hosts if hosts[n]["minion"]}}
 
 
+def build_host(lab, name, spec):
+    """A host of the topology on lab's switches: links, addresses, routes (not booted)."""
+    host = lab.add_host(name)
+    for link in spec["links"]:
+        lab.connect(host, link["network"], link["ifname"], link["addresses"])
+    for route in spec["routes"]:
+        host.add_route(route["dest"], via=route["via"])
+    return host
+
+
+def boot_host(host, spec):
+    """What a plain host runs at boot: its sysctls and iptables rules (the salt daemons are Fleet.boot's)."""
+    for key, value in spec["sysctl"].items():
+        host.exec(["sysctl", "-qw", "%s=%s" % (key, value)])
+    for rule in spec["iptables"]:
+        host.exec(["iptables", *map(str, rule)])
+
+
 class Fleet:
     """A lab run built from the topology, with a salt-master and minions."""
 
-    def __init__(self, lab, topology=None, say=None, pillar=None, agentless=False):
+    def __init__(self, lab, topology=None, say=None, pillar=None, agentless=False, ipvs_guest=False):
         """pillar: the hafw pillar to serve (a dict); default pillar.example, unchanged.
-        agentless: salt-ssh instead of a salt-master and minions."""
+        agentless: salt-ssh instead of a salt-master and minions.
+        ipvs_guest: run the hosts that need IPVS (the load balancers) in a qemu guest
+        (lab/guest/) when this kernel has none; without it they are left out (the stand-in)."""
         self.lab = lab
         self.agentless = agentless
         self.pillar = pillar
-        self.topology = topology or load_topology(pillar=pillar)
+        self.topology = topology or load_topology(pillar=pillar, ipvs=True if ipvs_guest else None)
+        native = kernel_has_ipvs()
+        self.guest_hosts = [n for n, h in self.topology["hosts"].items() if h["needs"] == "ipvs" and not native]
+        self.guest, self.remote = None, {}
         self.say = say or (lambda msg: None)
         self.timings = {}
         master = next(n for n, h in self.topology["hosts"].items() if h["master"])
@@ -130,11 +154,14 @@ class Fleet:
         saved = lab.state_dir / "fleet.json"
         if not saved.exists():
             raise LabError("lab run %s is not a fleet (no fleet.json)" % prefix)
-        return cls(lab, json.loads(saved.read_text()), say,
-                   agentless=(lab.state_dir / "agentless").exists())
+        fleet = cls(lab, json.loads(saved.read_text()), say, agentless=(lab.state_dir / "agentless").exists())
+        if fleet.guest_hosts:
+            fleet.guest = GuestPart.attach(lab, {n: fleet.topology["hosts"][n] for n in fleet.guest_hosts})
+            fleet.remote = fleet.guest.proxies()
+        return fleet
 
     def __getitem__(self, name):
-        return self.lab[name]
+        return self.remote[name] if name in self.remote else self.lab[name]
 
     @property
     def master(self):
@@ -172,7 +199,9 @@ class Fleet:
         self._timed("starting salt-master", self.boot, self.master_name)
         for name in self.minions:
             self.boot(name)
-        self._timed("waiting for %d minions" % len(self.minions), self.wait_minions)
+        # a minion in the TCG guest starts about 20 times slower than here
+        self._timed("waiting for %d minions" % len(self.minions), self.wait_minions,
+                    timeout=400 if self.guest_hosts else 90)
         return self
 
     def build(self):
@@ -181,11 +210,9 @@ class Fleet:
         for network in self.topology["networks"]:
             self.lab.add_switch(network)
         for name, spec in self.topology["hosts"].items():
-            host = self.lab.add_host(name)
-            for link in spec["links"]:
-                self.lab.connect(host, link["network"], link["ifname"], link["addresses"])
-            for route in spec["routes"]:
-                host.add_route(route["dest"], via=route["via"])
+            if name in self.guest_hosts:
+                continue
+            build_host(self.lab, name, spec)
             if not spec["master"] and not spec["minion"]:
                 self.boot(name)
         if self.agentless:
@@ -198,7 +225,13 @@ class Fleet:
             return
         keys = saltmaster.configure_master(self.master, self.master_address, self.minions, self.pillar)
         for name in self.minions:
-            saltmaster.configure_minion(self[name], name, self.master_address, keys[name])
+            if name not in self.guest_hosts:
+                saltmaster.configure_minion(self[name], name, self.master_address, keys[name])
+        if self.guest_hosts:
+            self.guest = GuestPart(self.lab, {n: self.topology["hosts"][n] for n in self.guest_hosts},
+                                   self.master_address, keys, say=self.say)
+            self.remote = self._timed("starting the IPVS guest (%s)" % ",".join(self.guest_hosts),
+                                      self.guest.start)
 
     def mgmt_address(self, name):
         """The host's address on the mgmt network (where its salt daemon or sshd listens)."""
@@ -209,10 +242,10 @@ class Fleet:
     def boot(self, name):
         """What a host runs at boot: sysctls, iptables, its salt daemon."""
         spec, host = self.topology["hosts"][name], self[name]
-        for key, value in spec["sysctl"].items():
-            host.exec(["sysctl", "-qw", "%s=%s" % (key, value)])
-        for rule in spec["iptables"]:
-            host.exec(["iptables", *map(str, rule)])
+        if name in self.guest_hosts:
+            host.boot()  # the guest's agent runs boot_host there
+            return
+        boot_host(host, spec)
         if spec["master"]:
             saltmaster.start_master(host)
             saltmaster.wait_master(host, self.master_address)
@@ -276,15 +309,18 @@ class Fleet:
     def wait_minions(self, minions=None, timeout=90):
         if self.agentless:
             return saltssh.wait_targets(self.master, minions or self.minions, timeout)
-        return saltmaster.wait_minions(self.master, minions or self.minions, timeout)
+        # a guest minion answers a ping in seconds: a shorter CLI timeout only piles up pings
+        return saltmaster.wait_minions(self.master, minions or self.minions, timeout,
+                                       ping_timeout=30 if self.guest_hosts else 3)
 
-    def converge(self, target="*fw*", timeout=300):
+    def converge(self, target="*fw*", timeout=None):
         """salt TARGET state.apply; {minion: summary} (ok, states, changed, failed).
 
         Every host the master converged from then on highstates itself at boot.
         """
         # queue: a state the reactor runs on a new master (vrrp_sync.consistent) may be running
         queue = [] if self.agentless else ["queue=True"]
+        timeout = timeout or (900 if self.guest_hosts and target in ("*", "lb*", "*lb*") else 300)
         result = self.salt(target, "state.apply", *queue, timeout=timeout)
         summaries = {m: saltmaster.summary(r) for m, r in result.items()}
         for minion, s in summaries.items():
@@ -305,12 +341,15 @@ class Fleet:
 
     def reboot(self, name, timeout=180):
         """Power-cycle (new netns: empty conntrack, iptables, sysctls) and boot;
-        a minion's startup highstate is awaited: returns its summary."""
+        a minion's startup highstate is awaited: returns its summary (not in
+        the IPVS guest, where the host boots as Debian does and is back at once)."""
         since = time.time()
         self[name].reboot()
         self.boot(name)
         if not self.topology["hosts"][name]["minion"] or self.agentless:
             return None  # agentless: no startup highstate, the operator converges
+        if name in self.guest_hosts:
+            return None  # back by its Debian boot (lab/guest/agent.py); the highstate runs on, slowly
         result, seconds = saltmaster.wait_highstate(self.master, name, since, timeout)
         self.timings["reboot %s: startup highstate returned" % name] = round(seconds, 2)
         return result

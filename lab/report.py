@@ -31,8 +31,8 @@ def _events(result, extra):
     return sorted(events, key=lambda e: e["t_rel"])
 
 
-def write_report(result, out_dir, extra=None):
-    """Write out_dir/report.json and out_dir/timeline.png; return their paths."""
+def write_report(result, out_dir, extra=None, name=""):
+    """Write out_dir/{name}report.json and out_dir/{name}timeline.png; return their paths."""
     extra = dict(extra or {})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -41,9 +41,10 @@ def write_report(result, out_dir, extra=None):
             for f in result["flows"] if f["lost_flow"]]
     report = {**result["summary"], **{k: v for k, v in extra.items() if k != "events"},
               "events": events, "lost_flow_list": lost}
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    plot_timeline(result, events, out / "timeline.png", extra.get("title"))
-    return {"report": out / "report.json", "timeline": out / "timeline.png"}
+    paths = {"report": out / f"{name}report.json", "timeline": out / f"{name}timeline.png"}
+    paths["report"].write_text(json.dumps(report, indent=1) + "\n")
+    plot_timeline(result, events, paths["timeline"], extra.get("title"))
+    return paths
 
 
 def _smoothed(timelines, rate, bucket_s, duration_s):

@@ -1,6 +1,6 @@
 """
 Salt inside a lab host: a masterless minion whose file_roots is this
-repository and whose pillar is a given dict (pillar.example by default).
+repository's formula (formula_root) and whose pillar is a given dict (pillar.example by default).
 
 The config goes to the host's own /etc/salt (an overlay: the real /etc is
 untouched); salt-call is the project's .venv one, run inside the host's
@@ -9,11 +9,44 @@ namespaces so every state acts on that host only.
 
 import json
 import pathlib
+import shutil
+import tempfile
 
 import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SALT_CALL = str(REPO / ".venv" / "bin" / "salt-call")
+
+
+# Top-level entries of the repository that are not the formula: a fileserver
+# root must not hold them (nor .venv, .cache, .git, .pytest-tmp, .lab-run):
+# Salt walks its roots and every minion decodes the file list it is sent,
+# which under the IPVS guest's emulation cost minutes per state.apply.
+NOT_FORMULA = frozenset({"lab", "test", "tools", "bench", "docs", "lab-report", "__pycache__"})
+
+
+def formula_root():
+    """
+    The formula alone, as a file_roots directory: symlinks to the repository's
+    formula entries (SLS trees, top.sls, _modules & co, reactor), in
+    .cache/formula-root, rebuilt when the entries change.
+    """
+    entries = sorted(p.name for p in REPO.iterdir() if not p.name.startswith(".") and p.name not in NOT_FORMULA)
+    root = REPO / ".cache" / "formula-root"
+    if root.is_dir() and sorted(p.name for p in root.iterdir()) == entries \
+            and all((root / e).resolve() == REPO / e for e in entries):
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".formula-root-", dir=root.parent))
+    for entry in entries:
+        (tmp / entry).symlink_to(REPO / entry)
+    tmp.chmod(0o755)
+    old = root.with_name(tmp.name + ".old")
+    if root.exists():
+        root.rename(old)
+    tmp.rename(root)
+    shutil.rmtree(old, ignore_errors=True)
+    return root
 
 
 def example_pillar():
@@ -33,7 +66,7 @@ def configure_masterless(host, minion_id, pillar):
     minion = {
         "id": minion_id,
         "file_client": "local",
-        "file_roots": {"base": [str(REPO)]},
+        "file_roots": {"base": [str(formula_root())]},
         "pillar_roots": {"base": ["/etc/salt/pillar"]},
         "pillar_safe_render_error": False,  # show the real error, not "see master log"
         # lab hosts have systemctl but no systemd: Salt would load its systemd

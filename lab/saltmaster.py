@@ -6,7 +6,7 @@ All config goes to the hosts' own /etc/salt (overlays: the real /etc is
 untouched):
 
 - master: interface = its mgmt address (the only address it binds),
-  file_roots = this repository, pillar_roots with a top.sls giving every
+  file_roots = the formula (lab.salt.formula_root), pillar_roots giving every
   minion pillar.example itself (a symlink: unchanged, and edits are live
   after `saltutil.refresh_pillar`); minion keys pre-seeded (generated in
   the salt host with `salt-key --gen-keys`, then put in place), so no
@@ -25,7 +25,7 @@ import time
 
 import yaml
 
-from .salt import REPO, example_pillar, state_changes, state_failures
+from .salt import REPO, example_pillar, formula_root, state_changes, state_failures
 
 VENV_BIN = REPO / ".venv" / "bin"
 # The master's fileserver walks the whole repo: keep the big or live trees out.
@@ -87,7 +87,7 @@ def vrrp_pairs(pillar):
 
 
 PEER_FUNCTIONS = ["conntrack.sync_digest", "conntrack.sync_keys", "conntrack.role",
-                  "vrrp_sync.step_down", "vrrp_sync.undemote"]
+                  "vrrp_sync.step_down", "vrrp_sync.undemote", "ipvs.sync_digest", "ipvs.sync_keys"]
 
 
 def peer_targets(minion_ids):
@@ -104,7 +104,7 @@ def configure_master(host, address, minion_ids, pillar=None):
     """
     master = {
         "interface": address,
-        "file_roots": {"base": [str(REPO)]},
+        "file_roots": {"base": [str(formula_root())]},
         "file_ignore_regex": IGNORE,
         "pillar_roots": {"base": ["/etc/salt/pillar"]},
         "pillar_safe_render_error": False,
@@ -146,8 +146,8 @@ def set_pillar(host, pillar=None):
         put(host, "/etc/salt/pillar/hafw.sls", yaml.safe_dump(pillar, sort_keys=False))
 
 
-def configure_minion(host, minion_id, master_address, key):
-    """A formula host's /etc/salt: minion config and its pre-seeded key pair."""
+def configure_minion(host, minion_id, master_address, key, extra=None):
+    """A formula host's /etc/salt: minion config (extra: more settings) and its pre-seeded key pair."""
     minion = {
         "id": minion_id,
         "master": master_address,
@@ -165,6 +165,7 @@ def configure_minion(host, minion_id, master_address, key):
         # stopped daemon. Only debian_service (/etc/init.d) may manage services.
         "disable_modules": ["systemd_service"],
         "log_level_logfile": "info",
+        **(extra or {}),
     }
     put(host, "/etc/salt/minion", yaml.safe_dump(minion))
     put(host, "/etc/salt/pki/minion/minion.pem", key[0], "0400")
@@ -248,7 +249,7 @@ def connected(host):
     return {line.split()[-1].rsplit(":", 1)[0] for line in out.splitlines() if line.strip()}
 
 
-def wait_minions(host, minion_ids, timeout=60):
+def wait_minions(host, minion_ids, timeout=60, ping_timeout=3):
     """Wait until every minion answers test.ping; returns seconds waited.
 
     Pings only once as many minions are connected as expected: a ping that
@@ -258,7 +259,7 @@ def wait_minions(host, minion_ids, timeout=60):
     pending = set(minion_ids)
     while pending:
         if len(connected(host)) >= len(minion_ids):
-            answers = salt(host, "-L", ",".join(sorted(pending)), "test.ping", timeout=3)
+            answers = salt(host, "-L", ",".join(sorted(pending)), "test.ping", timeout=ping_timeout)
             pending -= {m for m, ok in answers.items() if ok is True}
         if pending and time.monotonic() - start > timeout:
             raise TimeoutError("minions not answering after %d s: %s" % (timeout, sorted(pending)))

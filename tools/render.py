@@ -120,6 +120,15 @@ def parse_grain(text):
     return key, salt.utils.yaml.safe_load(value)
 
 
+def _file_root(repo):
+    """This repository's formula alone (lab.salt.formula_root: no .venv or .cache to walk); another repo as is."""
+    if Path(repo).resolve() == REPO_ROOT.resolve():
+        from lab.salt import formula_root  # pylint: disable=import-outside-toplevel
+
+        return formula_root()
+    return repo
+
+
 def minion_opts(tmp, repo, pillar_file, node, grains, verbosity):
     """Write the throwaway minion config and pillar tree under tmp; load it."""
     import salt.config
@@ -133,7 +142,7 @@ def minion_opts(tmp, repo, pillar_file, node, grains, verbosity):
     conf = {
         "id": node,
         "file_client": "local",
-        "file_roots": {"base": [str(repo)]},
+        "file_roots": {"base": [str(_file_root(repo))]},
         "pillar_roots": {"base": [str(pillar_dir)]},
         "root_dir": str(tmp),
         "cachedir": str(tmp / "cache"),

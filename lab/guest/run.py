@@ -43,15 +43,25 @@ class GuestResult:
     seconds: float
 
 
-def qemu_argv(files, out_dir, memory_mb, cpus, rw_mb):
-    """The qemu command line: TCG, no NIC, the root and the out share over 9p, serial console."""
+def qemu_argv(files, out_dir, memory_mb, cpus, rw_mb, nics=()):
+    """The qemu command line: TCG, the root and the out share over 9p, serial console.
+
+    nics: (tap, mac) pairs: virtio NICs whose host ends are existing taps (a
+    lab's switch namespace; qemu must run there). None: no network device.
+    """
     append = " ".join([
         "console=ttyS0", "quiet", "panic=-1",
         f"hafw.stage2={HERE / 'stage2'}", f"hafw.modules={files['modules']}", f"hafw.rwsize={rw_mb}m",
     ])
+    net = ["-nic", "none"]
+    if nics:
+        net = []
+        for i, (tap, mac) in enumerate(nics):
+            net += ["-netdev", f"tap,id=n{i},ifname={tap},script=no,downscript=no",
+                    "-device", f"virtio-net-pci,netdev=n{i},mac={mac},romfile="]  # no iPXE ROM: no PXE
     return [
         QEMU, "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mb),
-        "-nographic", "-no-reboot", "-nic", "none", "-kernel", str(files["vmlinux"]),
+        "-nographic", "-no-reboot", *net, "-kernel", str(files["vmlinux"]),
         "-initrd", str(files["initramfs"]), "-append", append,
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={out_dir},mount_tag=out,security_model=passthrough",
@@ -95,54 +105,94 @@ def _read(path):
         return ""
 
 
-def run(argv, *, cwd=REPO, env=None, timeout=900, memory_mb=3072, cpus=None, rw_mb=1024,
-        out_dir=None, progress=True):
+class Guest:
+    """
+    One guest running one command, in the background: ``start()``, then
+    ``wait()`` or ``kill()``. ``netns``: run qemu in that network namespace
+    (where the taps of ``nics`` are); the guest has no other network device.
+    """
+
+    def __init__(self, argv, *, cwd=REPO, env=None, out_dir=None, memory_mb=3072, cpus=None, rw_mb=1024,
+                 nics=(), netns=None):
+        self.argv, self.cwd, self.env = list(argv), cwd, dict(env or {})
+        self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="hafw-guest-"))
+        self.memory_mb, self.cpus, self.rw_mb = memory_mb, cpus or min(2, os.cpu_count() or 1), rw_mb
+        self.nics, self.netns = list(nics), netns
+        self.proc = self.started = self.files = None
+
+    @property
+    def console_path(self):
+        return self.out_dir / "console.log"
+
+    def start(self):
+        if not shutil.which(QEMU):
+            raise LabError(f"{QEMU} is not installed (make setup installs qemu-system-x86)")
+        self.files = build.ensure()
+        out = self.out_dir
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in ("rc", "output.log", "console.log"):
+            (out / stale).unlink(missing_ok=True)
+        (out / "command").write_bytes(b"".join(os.fsencode(a) + b"\0" for a in self.argv))
+        (out / "cwd").write_text(str(self.cwd))
+        env = {**self.env, "HAFW_GUEST_OUT": GUEST_OUT}
+        (out / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        argv = qemu_argv(self.files, out, self.memory_mb, self.cpus, self.rw_mb, self.nics)
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        self.started = time.monotonic()
+        with open(self.console_path, "wb") as console:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def marker(self):
+        """The last progress line of the command or, before it runs, of the boot."""
+        return (_last_marker(_read(self.out_dir / "output.log")) or _last_marker(_read(self.console_path))
+                or "booting Debian " + self.files["version"])
+
+    def kill(self):
+        """Power off hard: SIGKILL the qemu this object started (its own process group)."""
+        if self.running():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait()
+
+    def wait(self, timeout, progress=True):
+        """Wait for the command to end (the guest powers off); a GuestResult. Killed after timeout s."""
+        bar = _Progress() if progress else None
+        try:
+            while self.running():
+                elapsed = time.monotonic() - self.started
+                if elapsed > timeout:
+                    raise LabError(f"the guest ran past its {timeout} s limit; console: {self.console_path}")
+                if bar:
+                    bar.show(f"guest [{elapsed:5.0f} s] {self.marker()}"[:160])
+                time.sleep(0.5)
+        finally:
+            self.kill()
+            if bar:
+                bar.done()
+        return self.result()
+
+    def result(self):
+        rc_text = _read(self.out_dir / "rc").strip()
+        result = GuestResult(rc=int(rc_text) if rc_text.lstrip("-").isdigit() else -1,
+                             output=_read(self.out_dir / "output.log"), console=_read(self.console_path),
+                             out_dir=self.out_dir, seconds=time.monotonic() - self.started)
+        if result.rc == -1:
+            raise LabError("the guest stopped without running its command to the end (qemu exit %s); "
+                           "console tail:\n%s" % (self.proc.returncode,
+                                                  "\n".join(result.console.splitlines()[-25:])))
+        return result
+
+
+def run(argv, *, timeout=900, progress=True, **kwargs):
     """
     Boot the guest, run argv there (cwd and env as given; HAFW_GUEST_OUT names
-    the result share), power off, return a GuestResult. The guest is killed
-    (by the pid of the qemu this call started) after ``timeout`` seconds.
+    the result share inside), power off, return a GuestResult. The guest is
+    killed (by the pid of the qemu this call started) after ``timeout`` seconds.
     """
-    if not shutil.which(QEMU):
-        raise LabError(f"{QEMU} is not installed (make setup installs qemu-system-x86)")
-    files = build.ensure()
-    own_dir = out_dir is None
-    out_dir = Path(out_dir or tempfile.mkdtemp(prefix="hafw-guest-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("rc", "output.log", "console.log"):
-        (out_dir / stale).unlink(missing_ok=True)
-    (out_dir / "command").write_bytes(b"".join(os.fsencode(a) + b"\0" for a in argv))
-    (out_dir / "cwd").write_text(str(cwd))
-    (out_dir / "env").write_text("".join(f"{k}={v}\n" for k, v in {**(env or {}),
-                                                                     "HAFW_GUEST_OUT": GUEST_OUT}.items()))
-    cpus = cpus or min(2, os.cpu_count() or 1)
-    console_path = out_dir / "console.log"
-    bar = _Progress() if progress else None
-    started = time.monotonic()
-    with open(console_path, "wb") as console:
-        proc = subprocess.Popen(qemu_argv(files, out_dir, memory_mb, cpus, rw_mb), stdin=subprocess.DEVNULL,
-                                stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        while proc.poll() is None:
-            elapsed = time.monotonic() - started
-            if elapsed > timeout:
-                raise LabError(f"the guest ran past its {timeout} s limit; console: {console_path}")
-            if bar:
-                marker = _last_marker(_read(out_dir / "output.log")) or _last_marker(_read(console_path))
-                bar.show(f"guest [{elapsed:5.0f} s] {marker or 'booting Debian ' + files['version']}"[:160])
-            time.sleep(0.5)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the qemu this call started, and nothing else
-            proc.wait()
-        if bar:
-            bar.done()
-    rc_text = _read(out_dir / "rc").strip()
-    result = GuestResult(rc=int(rc_text) if rc_text.lstrip("-").isdigit() else -1,
-                         output=_read(out_dir / "output.log"), console=_read(console_path),
-                         out_dir=out_dir, seconds=time.monotonic() - started)
-    if result.rc == -1:
-        raise LabError("the guest stopped without running its command to the end (qemu exit %s); "
-                       "console tail:\n%s" % (proc.returncode, "\n".join(result.console.splitlines()[-25:])))
-    if own_dir and result.rc == 0:
-        pass  # the caller reads result files from out_dir; it removes it when done
-    return result
+    return Guest(argv, **kwargs).start().wait(timeout, progress)

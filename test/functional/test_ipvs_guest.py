@@ -66,6 +66,7 @@ def guest(tmp_path_factory):
     return result, wall
 
 
+@pytest.mark.ipvs_guest
 def test_ipvs_in_the_guest(guest):
     result, wall = guest
     summary = result.output.strip().splitlines()[-1] if result.output.strip() else ""

@@ -13,6 +13,8 @@ import salt.config
 import salt.utils.reactor
 import yaml
 
+from lab.salt import formula_root
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SNIPPET = REPO / "reactor" / "master.d" / "hafw-reactor.conf"
 
@@ -21,7 +23,7 @@ SNIPPET = REPO / "reactor" / "master.d" / "hafw-reactor.conf"
 def reactor(tmp_path_factory):
     root = tmp_path_factory.mktemp("master")
     conf = yaml.safe_load(SNIPPET.read_text())
-    conf.update({"root_dir": str(root), "file_roots": {"base": [str(REPO)]}})
+    conf.update({"root_dir": str(root), "file_roots": {"base": [str(formula_root())]}})
     (root / "master").write_text(yaml.safe_dump(conf))
     return salt.utils.reactor.Reactor(salt.config.master_config(str(root / "master")))
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from lab.salt import formula_root
+
 REPO = Path(__file__).resolve().parents[2]
 SALT_CALL = Path(sys.executable).with_name("salt-call")
 IP = shutil.which("ip") or "/usr/sbin/ip"
@@ -64,7 +66,7 @@ class ScratchMinion:
         self.ns = ns
         self.default_sls = default_sls
         self.root = tmp_path / "minion"
-        file_roots = [str(REPO)]
+        file_roots = [str(formula_root())]
         if overlay:
             overlay_dir = self.root / "overlay"
             for rel, text in overlay.items():
