@@ -1,12 +1,15 @@
 """
-A VRRP pair in the right state: conntrackd matching the role, and the
-master role where the operator wants it (issue 4, docs/operating.md).
+A VRRP pair in the right state: conntrackd (a load-balancer pair: IPVS)
+matching the role, and the master role where the operator wants it
+(issues 4 and 6, docs/operating.md).
 
 ``consistent``
     On each node, conntrackd's side matches the VRRP role (master: the
     peer's states committed, the gate open; backup: gate closed, the
     primary's states asked for after a conntrackd restart). Fixes what is
-    off by running the transition the node missed.
+    off by running the transition the node missed. On a load balancer:
+    keepalived runs the IPVS sync daemon of the role (master or backup)
+    and the virtual services are in the kernel; a reload fixes either.
 ``master`` / ``backup``
     Planned switchover and maintenance mode: ``master`` on the node that
     must hold the VIPs, ``backup`` on the one that must not. The role moves
@@ -88,12 +91,38 @@ def _last_transition(state_file):
         return None, 0.0
 
 
+def _ipvs_plan(group):
+    """
+    A load balancer (the ipvs module and an lvs view): keepalived runs the IPVS
+    sync daemon of the node's role and has put its virtual services in the
+    kernel; if not, a reload makes it program both again.
+    """
+    if "ipvs.sync_status" not in __salt__ or "hafw.node" not in __salt__:
+        return []
+    lvs = (__salt__["hafw.node"]() or {}).get("lvs")
+    if not lvs:
+        return []
+    if lvs.get("sync_daemon"):
+        want = "master" if group == "MASTER" else "backup"
+        states = sorted(d["state"] for d in __salt__["ipvs.sync_status"]()["daemons"])
+        if want not in states:
+            return [("reload keepalived", f"its IPVS sync daemons are {', '.join(states) or 'none'}: "
+                                          f"a {group.lower()} needs the {want} one")]
+    if lvs.get("virtual_servers") and not __salt__["ipvs.services"](stats=False):
+        return [("reload keepalived", "the kernel has none of its IPVS virtual services")]
+    return []
+
+
 def _plan(role, state_file):
-    """The actions that bring conntrackd's side in line with the role, each (action, why)."""
+    """The actions that bring conntrackd's side (a load balancer: IPVS) in line with the role, each (action, why)."""
     plan = []
     group = role["group"]
     if not role["keepalived_running"]:
         plan.append(("start keepalived", "keepalived is not running"))
+    if role.get("gate") is None:  # no conntrackd and no hook here: a load balancer
+        if role["keepalived_running"] and group in ("MASTER", "BACKUP"):
+            plan += _ipvs_plan(group)
+        return plan
     if role["conntrackd_running"] is False and role.get("gate") is not None:
         plan.append(("start conntrackd", "conntrackd is not running"))
     hook, gate = role["hook"], role["gate"]
@@ -144,6 +173,10 @@ def _run_plan(plan, hook, state_file):
             daemon = action.split()[1]
             if not __salt__["service.start"](daemon):
                 raise CommandExecutionError(f"cannot start {daemon}")
+        elif action == "reload keepalived":
+            if not __salt__["service.reload"]("keepalived"):
+                raise CommandExecutionError("cannot reload keepalived")
+            time.sleep(1)  # it programs IPVS and the sync daemon after re-reading its config
         elif action in ("primary", "backup"):
             res = __salt__["cmd.run_all"]([hook, action], python_shell=False, ignore_retcode=True)
             if res["retcode"] != 0:

@@ -19,6 +19,16 @@ VS_KEYS = {"group", "address", "port", "protocol", "lb_algo", "lb_kind", "delay_
            "persistence_timeout", "real_servers", "options"}
 RS_KEYS = {"address", "port", "weight", "inhibit_on_failure", "check", "options"}
 LVS_KEYS = {"sync_daemon", "virtual_server_groups", "virtual_servers"}
+SYNC_KEYS = {"interface", "instance", "id", "refresh_period", "resync_hold"}
+# Semantic defaults of the sync daemon (docs/pillar.md). refresh_period: the
+# kernel re-sends every active connection to the backup about this often
+# (seconds), so that a restarted load balancer has the whole table again
+# after it; 0 keeps the kernel's packet-count rule (the seed's behaviour).
+SYNC_DEFAULTS = {"refresh_period": 10}
+REFRESH_PERIOD_MAX = 120
+# the master's sync thread sends a partly filled message after at most 2 s
+# (IPVS_SYNC_FLUSH_TIME): the hold waits for that on top of the period
+SYNC_FLUSH_S = 2
 
 
 def check(chk, path, raw, node_ifaces, vrrp):
@@ -45,21 +55,37 @@ def check(chk, path, raw, node_ifaces, vrrp):
         out["virtual_servers"].append(_virtual_server(chk, vpath, vs, out["groups"], vips, nets))
 
     if lvs.get("sync_daemon") is not None:
-        spath = [*path, "sync_daemon"]
-        sd = chk.mapping(spath, lvs["sync_daemon"], {"interface", "instance", "id"}, ("interface", "instance"))
-        ifname = sd.get("interface")
-        if ifname is not None and chk.ifname([*spath, "interface"], ifname) is not None:
-            for node, ifs in node_ifaces.items():
-                if ifname not in ifs:
-                    chk.fail([*spath, "interface"], f"{node} has no interface {ifname}")
-        names = [inst["name"] for inst in (vrrp["instances"] if vrrp else [])]
-        if sd.get("instance") is not None and sd["instance"] not in names:
-            chk.fail([*spath, "instance"], "{!r} is not a VRRP instance of this cluster ({})".format(
-                sd["instance"], ", ".join(names) or "none"))
-        if "id" in sd:
-            chk.integer([*spath, "id"], sd["id"], 0, 255)
-        out["sync_daemon"] = {"interface": ifname, "instance": sd.get("instance"), "id": sd.get("id")}
+        out["sync_daemon"] = _sync_daemon(chk, [*path, "sync_daemon"], lvs["sync_daemon"], node_ifaces, vrrp)
     return out
+
+
+def _sync_daemon(chk, spath, raw, node_ifaces, vrrp):
+    """Validate ``lvs:sync_daemon:``; return it with the formula's defaults."""
+    sd = chk.mapping(spath, raw, SYNC_KEYS, ("interface", "instance"))
+    ifname = sd.get("interface")
+    if ifname is not None and chk.ifname([*spath, "interface"], ifname) is not None:
+        for node, ifs in node_ifaces.items():
+            if ifname not in ifs:
+                chk.fail([*spath, "interface"], f"{node} has no interface {ifname}")
+    names = [inst["name"] for inst in (vrrp["instances"] if vrrp else [])]
+    if sd.get("instance") is not None and sd["instance"] not in names:
+        chk.fail([*spath, "instance"], "{!r} is not a VRRP instance of this cluster ({})".format(
+            sd["instance"], ", ".join(names) or "none"))
+    if "id" in sd:
+        chk.integer([*spath, "id"], sd["id"], 0, 255)
+    period = chk.integer([*spath, "refresh_period"], sd.get("refresh_period", SYNC_DEFAULTS["refresh_period"]),
+                         0, REFRESH_PERIOD_MAX)
+    # The hold's default follows preempt: a node that preempts would take the role back with the
+    # table it has; under nopreempt (the seed) a restarted node never takes it from a live master,
+    # and once the master is dead waiting adds nothing (no master is left to send it connections)
+    # but an outage: the time-based sync alone completes its table (test_lb_pair R11).
+    hold = sd.get("resync_hold", bool(period) and bool(vrrp and vrrp.get("preempt", True)))
+    if chk.boolean([*spath, "resync_hold"], hold) and period == 0:
+        chk.fail([*spath, "resync_hold"], "needs refresh_period above 0: with the kernel's packet-count rule "
+                 "(refresh_period 0) a connection is sent again only after up to 50 more packets, so no wait "
+                 "makes a restarted load balancer's table complete")
+    return {"interface": ifname, "instance": sd.get("instance"), "id": sd.get("id"),
+            "refresh_period": period or 0, "resync_hold": hold is True and bool(period)}
 
 
 def _endpoint(chk, path, member):
@@ -147,9 +173,34 @@ def _check(chk, path, raw):
 
 
 def derive(lvs, vrrp):
-    """Node view: identical on every node of the pair."""
-    return {"sync_daemon": lvs["sync_daemon"], "groups": lvs["groups"],
-            "virtual_servers": lvs["virtual_servers"]}
+    """Node view: identical on every node of the pair.
+
+    ``ipvs_hold`` (or None): what keepalived's hold check needs, the hold in
+    seconds and the VIPs whose presence says this node is already master.
+    """
+    sd = lvs["sync_daemon"]
+    hold = None
+    if sd and sd["resync_hold"]:
+        hold = {"hold_s": sd["refresh_period"] + SYNC_FLUSH_S,
+                "vips": [str(v.ip) for i in (vrrp["instances"] if vrrp else []) for v in i["vips"]]}
+    return {"sync_daemon": sd, "groups": lvs["groups"],
+            "virtual_servers": lvs["virtual_servers"], "ipvs_hold": hold}
+
+
+def sysctls(lvs):
+    """The IPVS sync sysctls (they exist once ip_vs is loaded; per network namespace).
+
+    With ``sync_refresh_period`` P > 0 the kernel re-sends a connection
+    whose state did not change once its timer has moved by
+    min(P, max(half its timeout, 10 s)) since its last sync; the packet-count rule
+    (``sync_threshold`` T and period N: sync when packets % N == T) still
+    applies on top, so "0 1" lets every packet pass it. Together: each
+    active connection reaches the backup again about every P seconds.
+    """
+    sd = lvs["sync_daemon"]
+    if not sd or not sd["refresh_period"]:
+        return {}
+    return {"net.ipv4.vs.sync_threshold": "0 1", "net.ipv4.vs.sync_refresh_period": sd["refresh_period"]}
 
 
 def kernel_modules(lvs):

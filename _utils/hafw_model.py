@@ -276,6 +276,10 @@ def _derive(chk, view, me):
         "module": bool(ctd),
         "booleans": merge({"domain_kernel_load_modules": True} if view["lvs"] else {},
                            view["selinux"].get("booleans")),
+        # scripts keepalived runs, labelled bin_t (keepalived_t executes no
+        # other file type): the conntrackd hook, the load balancers' hold check
+        "scripts": [name for name, on in (("hook", bool(ctd)),
+                                          ("ipvs-hold", bool(out.get("lvs") and out["lvs"]["ipvs_hold"]))) if on],
     }
     # In apply order: the SELinux module must be in place before keepalived
     # can run the hook; the ruleset before the daemons that need its openings.
@@ -296,6 +300,9 @@ def _sysctls(view):
         # master only if it was replicated (a loose pickup re-NATs it wrong and
         # hides a broken sync; measured in docs/takeover.md)
         sysctl["net.netfilter.nf_conntrack_tcp_loose"] = 0
+    if view["lvs"]:
+        # time-based re-sync of the IPVS connections (hafw_lvs.sysctls)
+        sysctl.update(hafw_lvs.sysctls(view["lvs"]))
     sysctl.update(view["kernel"]["sysctl"])
     return sysctl
 

@@ -4,7 +4,8 @@
     dependency order (the order comes from the model: node.components). A
     firewall pair gets kernel, selinux, iptables, conntrackd, keepalived; a
     standalone firewall kernel and iptables; a load-balancer pair kernel,
-    selinux and keepalived. A firewall pair node ends with hafw.consistent. #}
+    selinux and keepalived. A pair node (firewall or load balancer) ends with
+    hafw.consistent. #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import node with context %}
 
@@ -13,7 +14,7 @@ include:
 {%- for component in node.components %}
   - {{ component }}
 {%- endfor %}
-{%-   if node.get('vrrp') and 'conntrackd' in node.components and 'keepalived' in node.components %}
+{%-   if node.get('vrrp') and 'keepalived' in node.components and ('conntrackd' in node.components or node.get('lvs')) %}
   - {{ tplroot }}.consistent
 {%-   endif %}
 {%- else %}

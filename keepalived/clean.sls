@@ -16,7 +16,10 @@ hafw-keepalived-dead:
 
 hafw-keepalived-config-absent:
   file.absent:
-    - name: {{ mapdata.config }}
+    - names:
+      - {{ mapdata.config }}
+      - {{ mapdata.ipvs_hold.script }}
+      - {{ mapdata.ipvs_hold.marker }}
     - require:
       - service: hafw-keepalived-dead
 

@@ -42,6 +42,22 @@ hafw-keepalived-fifo-dir-at-boot:
     - group: root
     - mode: '0644'
 
+{%- set ipvs_hold = (node.get('lvs') or {}).get('ipvs_hold') %}
+{%- if ipvs_hold %}
+
+{#- the load balancers' resync hold (vrrp_script hafw_ipvs_hold): keepalived
+    -t refuses a config whose script is missing, and keepalived runs a script
+    only if root owns it and its directories and no one else can write them #}
+hafw-keepalived-ipvs-hold-script:
+  file.managed:
+    - name: {{ mapdata.ipvs_hold.script }}
+    - source: salt://{{ tplroot }}/files/hafw-ipvs-hold.sh
+    - user: root
+    - group: root
+    - mode: '0755'
+    - makedirs: true
+{%- endif %}
+
 {#- file.managed writes the candidate to a temp file, runs check_cmd with that
     file's path appended ("keepalived -t -f /tmp/__salt.tmp.XXX"), and only if
     it exits 0 writes it to the live file; otherwise the state fails with
@@ -64,3 +80,6 @@ hafw-keepalived-config:
       - pkg: hafw-keepalived-installed
       - file: hafw-keepalived-fifo-dir
       - file: hafw-keepalived-maintenance-dir
+{%- if ipvs_hold %}
+      - file: hafw-keepalived-ipvs-hold-script
+{%- endif %}

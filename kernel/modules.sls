@@ -6,19 +6,7 @@
     modules-load.d for the boot, and loaded now with kmod.present. #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import mapdata, node with context %}
-{%- set needed = [] %}
-{%- for key in node.kernel.sysctl | sort if key in mapdata.sysctl_modules %}
-{%-   do needed.append(mapdata.sysctl_modules[key]) %}
-{%- endfor %}
-{%- set modules = (node.kernel.modules + needed) | unique | list %}
-{#- /sys/module/<name> exists for a loaded module and for one built into
-    the kernel (which kmod.present would report as failing to load) #}
-{%- set missing = [] %}
-{%- for module in modules %}
-{%-   if not salt['file.directory_exists'](mapdata.sys_module_dir ~ '/' ~ module) %}
-{%-     do missing.append(module) %}
-{%-   endif %}
-{%- endfor %}
+{%- from tplroot ~ "/modules.jinja" import modules, missing, loadable with context %}
 
 hafw-kernel-modules-file:
   file.managed:
@@ -34,10 +22,6 @@ hafw-kernel-modules-file:
     - mode: '0644'
     - makedirs: true
 
-{#- Modules can be loaded only with modprobe and a module tree for the
-    running kernel (/lib/modules/<release>); a container or a lab network
-    namespace on a kernel without modules has neither. #}
-{%- set loadable = missing and salt['cmd.which']('modprobe') and salt['kmod.available']() %}
 {%- if not missing %}
 
 hafw-kernel-modules-loaded:

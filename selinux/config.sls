@@ -57,23 +57,29 @@ hafw-selinux-module-enabled:
     - require:
       - cmd: hafw-selinux-module-present
 
-{#- keepalived_t may only execute bin_t files: without this label the hook
-    (etc_t under /etc/conntrackd) never runs. The file itself is written by
-    the conntrackd tree after this one; Salt labels files it creates, and the
-    applied state relabels an existing one. #}
-hafw-selinux-hook-fcontext:
+{%- endif %}
+
+{#- keepalived_t may only execute bin_t files: without this label a script
+    keepalived runs has its directory's (etc_t under /etc/conntrackd or
+    /etc/keepalived) and never runs. The files are written by the conntrackd
+    and keepalived trees after this one; Salt labels files it creates, and
+    the applied state relabels an existing one. #}
+{%- set paths = {'hook': mapdata.hook_path, 'ipvs-hold': mapdata.ipvs_hold_script} %}
+{%- for script in node.selinux.scripts %}
+
+hafw-selinux-{{ script }}-fcontext:
   selinux.fcontext_policy_present:
-    - name: {{ mapdata.hook_path | regex_escape }}
+    - name: {{ paths[script] | regex_escape }}
     - sel_type: bin_t
     - filetype: f
 
-hafw-selinux-hook-relabelled:
+hafw-selinux-{{ script }}-relabelled:
   selinux.fcontext_policy_applied:
-    - name: {{ mapdata.hook_path | regex_escape }}
-    - onlyif: test -e {{ mapdata.hook_path }}
+    - name: {{ paths[script] | regex_escape }}
+    - onlyif: test -e {{ paths[script] }}
     - require:
-      - selinux: hafw-selinux-hook-fcontext
-{%- endif %}
+      - selinux: hafw-selinux-{{ script }}-fcontext
+{%- endfor %}
 
 {%- for name, value in node.selinux.booleans | dictsort %}
 

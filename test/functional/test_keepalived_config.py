@@ -13,7 +13,11 @@
 * a real keepalived runs the rendered fw-cent7i file (hook and FIFO paths
   overridden through pillar ``hafw:lookup:keepalived``) alone in a namespace:
   it becomes MASTER, adds the VIPs, reports on the notify FIFO, keeps the
-  VIPs across SIGHUP (what the service's reload sends) and is stopped by pid.
+  VIPs across SIGHUP (what the service's reload sends) and is stopped by pid;
+* a real keepalived runs the VRRP part of the rendered lb-cent7g file with
+  its resync hold (the real hafw-ipvs-hold.sh): the sync group stays in
+  FAULT for the hold after each start, not after a reload (this kernel has
+  no IPVS, so the LVS lines are left out of that file).
 
 Every namespace and process started here is removed by the fixtures, also on
 failure. Needs root, iproute2 and keepalived; skipped otherwise.
@@ -186,28 +190,37 @@ def salt_call(cfg: Path, *args, ns: str | None = None):
 
 
 HOOK = "/etc/conntrackd/primary-backup.sh"
+IPVS_HOLD = "/etc/keepalived/hafw-ipvs-hold.sh"
 
 
 @pytest.fixture
-def secure_hook():
-    """An executable stand-in for the conntrackd hook where keepalived's
-    script security accepts it (root-owned directories only, unlike /tmp):
-    keepalived -t refuses a config whose track script does not exist."""
+def secure_dir():
+    """A directory where keepalived's script security accepts scripts
+    (root-owned directories only, unlike /tmp); removed afterwards."""
     import tempfile
 
     base = Path(tempfile.mkdtemp(prefix="hafw-ka-test-", dir="/run"))
     base.chmod(0o755)
-    hook = base / "primary-backup.sh"
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def secure_hook(secure_dir):
+    """An executable stand-in for the conntrackd hook where keepalived's
+    script security accepts it: keepalived -t refuses a config whose track
+    script does not exist."""
+    hook = secure_dir / "primary-backup.sh"
     hook.write_text("#!/bin/sh\nexit 0\n")
     hook.chmod(0o755)
-    yield hook
-    shutil.rmtree(base, ignore_errors=True)
+    return hook
 
 
 @pytest.mark.parametrize("node", PAIR_NODES)
 def test_rendered_file_passes_keepalived_check(rendered, netns, tmp_path, node, secure_hook):
     conf = tmp_path / "keepalived.conf"
-    conf.write_text(rendered[node].replace(HOOK, str(secure_hook)))
+    # keepalived -t refuses a track script that is missing or insecure
+    conf.write_text(rendered[node].replace(HOOK, str(secure_hook)).replace(IPVS_HOLD, str(secure_hook)))
     proc = check(netns(node_interfaces(node)), conf)
     assert proc.returncode == 0, proc.stderr
     assert rendered[node].startswith("# Managed by Salt (hafw formula)")
@@ -235,6 +248,9 @@ def test_lb_files_carry_the_seed_settings(rendered):
                 assert expected in lines, (node, name, expected)
             start = lines.index("virtual_ipaddress {")
             assert lines[start + 1:start + 1 + len(vips) + 1] == [*vips, "}"]
+        # no resync hold: the seed's pair is nopreempt (docs/failover-timing.md; a preempting
+        # pair gets it: test_compiled_states_of_a_load_balancer)
+        assert "hafw_ipvs_hold" not in text and "track_script" not in text
         assert words(block(text, "virtual_server_group SMTP")) == ["192.168.1.60 25"]
         real = ["weight 1", "inhibit_on_failure", "SMTP_CHECK {", "connect_timeout 15",
                 "retry 2", "delay_before_retry 6", "}", "}"]
@@ -257,6 +273,7 @@ def test_fw_files_carry_the_seed_settings(rendered):
         assert "enable_script_security" in gdefs and "script_user root" in gdefs
         assert "vrrp_notify_fifo /run/keepalived/notify.fifo" in gdefs
         assert "lvs_sync_daemon" not in text and "virtual_server" not in text
+        assert "hafw_ipvs_hold" not in text  # the firewalls' hold is hafw_resync
         # the resync hold: FAULT after a boot until conntrackd has the peer's table
         assert words(block(text, "vrrp_script hafw_resync")) == [
             f'script "{hook} synced"', "interval 1", "timeout 5", "fall 3", "init_fail"]
@@ -357,6 +374,7 @@ def test_keepalived_check_rejects_a_broken_file(rendered, netns, tmp_path, broke
 def test_compiled_states(salt_config):
     low = salt_call(salt_config, "state.show_low_sls", "keepalived")
     chunks = {c["__id__"]: c for c in low}
+    assert "hafw-keepalived-ipvs-hold-script" not in chunks  # load balancers only
     conf = chunks["hafw-keepalived-config"]
     assert conf["check_cmd"] == f"{KEEPALIVED} -t -f"
     assert conf["mode"] == "0640" and conf["name"] == "/etc/keepalived/keepalived.conf"
@@ -367,6 +385,33 @@ def test_compiled_states(salt_config):
     assert not re.search(svc["sig"], "root 43 42 0 10:00 ? 00:00:00 salt-call keepalived")
     assert chunks["hafw-keepalived-fifo-dir"]["name"] == "/run/keepalived"
     assert chunks["hafw-keepalived-installed"]["pkgs"] == ["keepalived"]  # no LVS here
+
+
+@pytest.mark.skipif(not SALT_CALL.exists(), reason=f"needs {SALT_CALL}")
+def test_compiled_states_of_a_load_balancer(tmp_path):
+    """The resync hold's script is managed before keepalived.conf, whose
+    check (keepalived -t) refuses a missing track script; on RHEL it is
+    labelled bin_t, the only file type keepalived_t may execute."""
+    from tools import render as render_tool
+
+    data = yaml.safe_load(PILLAR.read_text())
+    data["hafw"]["clusters"]["lb-pair"]["vrrp"]["preempt"] = True  # the hold's default follows preempt
+    pillar = tmp_path / "preempt.sls"
+    pillar.write_text(yaml.safe_dump(data, sort_keys=False))
+    render_tool.minion_opts(tmp_path, REPO, pillar, "lb-cent7g", render_tool.node_grains("lb-cent7g", "RedHat"), 0)
+    selinux = {c["__id__"]: c for c in salt_call(tmp_path, "state.show_low_sls", "selinux")}
+    label = selinux["hafw-selinux-ipvs-hold-fcontext"]
+    assert (label["fun"], label["name"], label["sel_type"]) == (
+        "fcontext_policy_present", r"/etc/keepalived/hafw\-ipvs\-hold\.sh", "bin_t")
+    assert "hafw-selinux-ipvs-hold-relabelled" in selinux and "hafw-selinux-hook-fcontext" not in selinux
+    low = salt_call(tmp_path, "state.show_low_sls", "keepalived")
+    chunks = {c["__id__"]: c for c in low}
+    script = chunks["hafw-keepalived-ipvs-hold-script"]
+    assert (script["state"], script["fun"], script["name"]) == ("file", "managed", IPVS_HOLD)
+    assert script["source"] == "salt://keepalived/files/hafw-ipvs-hold.sh" and "template" not in script
+    assert (script["user"], script["group"], script["mode"]) == ("root", "root", "0755")
+    assert {"file": "hafw-keepalived-ipvs-hold-script"} in chunks["hafw-keepalived-config"]["require"]
+    assert chunks["hafw-keepalived-installed"]["pkgs"] == ["keepalived", "ipvsadm"]
 
 
 @pytest.mark.skipif(not SALT_CALL.exists(), reason=f"needs {SALT_CALL}")
@@ -440,6 +485,56 @@ class FifoReader(threading.Thread):
             os.close(fd)
 
 
+HOLD_S = 3  # lvs:sync_daemon:refresh_period 1 + the 2 s flush
+
+
+def vrrp_only(text: str) -> str:
+    """The rendered LB file without its LVS lines: keepalived exits at start
+    when the kernel has no IPVS, and this one has none."""
+    text = re.sub(r"\n *lvs_sync_daemon [^\n]*", "", text)
+    return text[:text.index("\nvirtual_server_group")] + "\n"
+
+
+def start_keepalived(ns: str, conf: Path, run: Path, log: Path) -> subprocess.Popen:
+    """keepalived on conf in ns, logging to log. Its own pid files under run
+    (not the system's /run/keepalived*.pid); no fork, so the pid is
+    keepalived's parent process (`ip netns exec` execs it)."""
+    with open(log, "a") as logf:
+        return subprocess.Popen(
+            [IP, "netns", "exec", ns, KEEPALIVED, "--dont-fork", "--log-console", "--log-detail",
+             "--no-syslog", "-f", str(conf), "-p", str(run / "keepalived.pid"), "-r", str(run / "vrrp.pid"),
+             "-c", str(run / "checkers.pid"), "-b", str(run / "bfd.pid")],
+            stdout=logf, stderr=subprocess.STDOUT)
+
+
+def stop_keepalived(proc: subprocess.Popen):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def group_line(lines: list[str], state: str) -> int | None:
+    """Index of the sync group's first line for state ('GROUP "group500" BACKUP 0')."""
+    return next((i for i, line in enumerate(lines) if line.startswith(f'GROUP "group500" {state} ')), None)
+
+
+def held_for(reader: FifoReader, seen: int, log: Path) -> float:
+    """Seconds from now until the group leaves FAULT, after a FAULT first."""
+    t0 = time.monotonic()
+    wait_for(lambda: group_line(reader.lines[seen:], "BACKUP") is not None, timeout=HOLD_S + 10,
+             what="the group's BACKUP line",
+             explain=lambda: f"{reader.lines[seen:]}\n{log.read_text()}")
+    held = time.monotonic() - t0
+    new = reader.lines[seen:]
+    fault = group_line(new, "FAULT")
+    assert fault is not None and fault < group_line(new, "BACKUP"), new
+    return held
+
+
 def test_keepalived_runs_the_file_and_survives_sighup(netns, tmp_path):
     run = tmp_path / "run"
     run.mkdir()  # what config.sls ensures: keepalived makes the FIFO, not its directory
@@ -452,16 +547,7 @@ def test_keepalived_runs_the_file_and_survives_sighup(netns, tmp_path):
     log = tmp_path / "keepalived.log"
     reader = FifoReader(fifo)
     reader.start()
-    with open(log, "w") as logf:
-        # own pid files (not the system's /run/keepalived*.pid); no fork, so
-        # the pid here is keepalived's parent process (`ip netns exec` execs it)
-        proc = subprocess.Popen(
-            [IP, "netns", "exec", ns, KEEPALIVED, "--dont-fork", "--log-console",
-             "--log-detail", "--no-syslog", "-f", str(tmp_path / "out" / CONF),
-             "-p", str(run / "keepalived.pid"), "-r", str(run / "vrrp.pid"),
-             "-c", str(run / "checkers.pid"), "-b", str(run / "bfd.pid")],
-            stdout=logf, stderr=subprocess.STDOUT,
-        )
+    proc = start_keepalived(ns, tmp_path / "out" / CONF, run, log)
     try:
         vips = set(FW_VIPS)
         # MASTER after the master-down interval: 3 x advert_int 3 s + skew
@@ -490,4 +576,56 @@ def test_keepalived_runs_the_file_and_survives_sighup(netns, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+        reader.join(timeout=5)
+
+
+def test_lb_hold_keeps_the_group_in_fault_after_each_start(netns, tmp_path, secure_dir):
+    """The real check under a real keepalived: FAULT for the hold after a
+    start, then VRRP as usual (alone: MASTER); a reload does not hold; a
+    restart holds again."""
+    run = tmp_path / "run"
+    run.mkdir()
+    fifo, marker, script = run / "notify.fifo", run / "hold.marker", secure_dir / "hafw-ipvs-hold.sh"
+    shutil.copy(REPO / "keepalived" / "files" / "hafw-ipvs-hold.sh", script)
+    script.chmod(0o755)
+    data = yaml.safe_load(PILLAR.read_text())
+    data["hafw"]["clusters"]["lb-pair"]["lvs"]["sync_daemon"].update(refresh_period=HOLD_S - 2, resync_hold=True)
+    data["hafw"]["lookup"] = {"keepalived": {"notify_fifo": str(fifo),
+                                             "ipvs_hold": {"script": str(script), "marker": str(marker)}}}
+    pillar = tmp_path / "hold.sls"
+    pillar.write_text(yaml.safe_dump(data, sort_keys=False))
+    text = render("lb-cent7g", tmp_path / "out", pillar=pillar)
+    assert f'script "{script} {HOLD_S} {marker} 192.168.1.50 192.168.1.60 192.168.2.50"' in text
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text(vrrp_only(text))
+    ns = netns(node_interfaces("lb-cent7g"))
+    log = tmp_path / "keepalived.log"
+    reader = FifoReader(fifo)
+    reader.start()
+    proc = start_keepalived(ns, conf, run, log)
+    try:
+        assert held_for(reader, 0, log) >= HOLD_S - 0.5
+        vips = {"192.168.1.50/24", "192.168.1.60/24"}
+        wait_for(lambda: vips <= ipv4_addrs(ns, "enp0s3"), timeout=15, what="the VIPs",
+                 explain=log.read_text)
+        assert marker.read_text().split()[0] == (run / "keepalived.pid").read_text().strip()
+
+        seen = len(reader.lines)
+        os.kill(proc.pid, signal.SIGHUP)  # a reload keeps keepalived's start: no hold
+        time.sleep(HOLD_S + 1)
+        assert "Reload complete" in log.read_text()
+        assert reader.lines[seen:] == [], "a VRRP transition on reload"
+        assert vips <= ipv4_addrs(ns, "enp0s3")
+
+        stop_keepalived(proc)  # it removes its FIFO: a new reader for the new one
+        assert not vips & ipv4_addrs(ns, "enp0s3")
+        reader.stop.set()
+        reader.join(timeout=5)
+        reader = FifoReader(fifo)
+        reader.start()
+        proc = start_keepalived(ns, conf, run, log)  # a restart: the hold again
+        assert held_for(reader, 0, log) >= HOLD_S - 0.5
+    finally:
+        reader.stop.set()
+        stop_keepalived(proc)
         reader.join(timeout=5)

@@ -110,6 +110,7 @@ def test_firewall_kernel_states(tmp_path, netns):
     sysctl_conf = minion.paths["sysctl_file"].read_text()
     assert "\nnet.ipv4.ip_forward = 1\n" in sysctl_conf
     assert "\nnet.netfilter.nf_conntrack_max = 65536\n" in sysctl_conf
+    assert "net.ipv4.vs." not in sysctl_conf  # the IPVS sync sysctls are the load balancers'
     assert minion.paths["modules_file"].read_text().splitlines()[-1] == "nf_conntrack"
 
     # the seed's route: 192.168.2.0/24 via the load balancers' VIP
@@ -156,7 +157,8 @@ def test_unknown_sysctl_fails_clearly(tmp_path, netns):
 
 
 def test_load_balancer_modules_skip_without_a_module_tree(tmp_path, netns):
-    """ip_vs cannot be loaded here: persisted, reported, not failed, no changes."""
+    """ip_vs cannot be loaded here: persisted, reported, not failed, no changes
+    (but ip_forward, which needs no module)."""
     release = os.uname().release
     if Path("/lib/modules", release).is_dir() and shutil.which("modprobe"):
         pytest.skip("this kernel can load modules: the test would load ip_vs on the host")
@@ -173,6 +175,15 @@ def test_load_balancer_modules_skip_without_a_module_tree(tmp_path, netns):
     assert "ip_vs, ip_vs_lc" in loaded["comment"]
     lines = minion.paths["modules_file"].read_text().splitlines()
     assert lines[-2:] == ["ip_vs", "ip_vs_lc"]
+    # the IPVS sync sysctls exist once ip_vs is loaded: persisted for the
+    # boot (after the modules), said and not failed now
+    sysctl_conf = minion.paths["sysctl_file"].read_text()
+    assert "\nnet.ipv4.vs.sync_refresh_period = 10\nnet.ipv4.vs.sync_threshold = 0 1\n" in sysctl_conf
+    for key in ("net.ipv4.vs.sync_refresh_period", "net.ipv4.vs.sync_threshold"):
+        ret = first[f"hafw-kernel-sysctl-{key}"]
+        assert ret["result"] is True and ret["changes"] == {}
+        assert f"{key} is not set now: it exists once kernel module ip_vs is loaded" in ret["comment"]
+    assert first["hafw-kernel-sysctl-net.ipv4.ip_forward"]["changes"] == {"old": "0", "new": "1"}
     # the load balancers' route to the outside, via the firewalls' inside VIP
     route = ns_run(netns, "ip", "-4", "route", "show", "exact", "192.168.0.0/24").stdout
     assert route.startswith("192.168.0.0/24 via 192.168.1.40 dev enp0s8")

@@ -72,15 +72,21 @@ def keepalived_notify_stop(s, group, hook):
     return s | {f"vrrp_sync_group {group}/notify_stop {hook} stop"}
 
 
+def keepalived_track_script(s, name, command):
+    """A vrrp_script running command every second (timeout 5, fall 3,
+    init_fail), tracked by every instance."""
+    script = f"vrrp_script {name}"
+    s = s | {f"{script}/", f"{script}/script {command}", f"{script}/interval 1",
+             f"{script}/timeout 5", f"{script}/fall 3", f"{script}/init_fail"}
+    for inst in {i.split("/")[0] for i in s if i.startswith("vrrp_instance ")}:
+        s |= {f"{inst}/track_script/", f"{inst}/track_script/{name}"}
+    return s
+
+
 def keepalived_resync_hold(s, hook):
     """A vrrp_script that holds the sync group in FAULT after a boot until
     conntrackd's startup resync is done, tracked by every instance."""
-    script = "vrrp_script hafw_resync"
-    s = s | {f"{script}/", f"{script}/script {hook} synced", f"{script}/interval 1",
-             f"{script}/timeout 5", f"{script}/fall 3", f"{script}/init_fail"}
-    for inst in {i.split("/")[0] for i in s if i.startswith("vrrp_instance ")}:
-        s |= {f"{inst}/track_script/", f"{inst}/track_script/hafw_resync"}
-    return s
+    return keepalived_track_script(s, "hafw_resync", f"{hook} synced")
 
 
 def keepalived_maintenance(s, group=None):

@@ -9,6 +9,7 @@ minutes); each test leaves the pairs with one master each.
 """
 
 import json
+import os
 import time
 
 import pytest
@@ -28,15 +29,22 @@ TAKEOVER_S = 30  # pillar.example: VRRP v2, advert_int 1 s for the LBs, 3 s for 
 pytestmark = pytest.mark.ipvs_guest  # make test-lb
 
 
+def serve_mail(fleet, work):
+    Flows(fleet, work, mail_server="postfix").serve()  # postfix on both real servers
+    wait_for(lambda: weights(fleet, lb_master(fleet)) == {a: 1 for a in REAL.values()}, 60,
+             "both real servers in service (SMTP_CHECK)", 1)
+    return fleet
+
+
 @pytest.fixture(scope="module")
-def fleet():
+def fleet(tmp_path_factory):
+    if os.environ.get("HAFW_LAB_ATTACH"):  # a fleet from `python -m lab up --lb` (developing the tests)
+        yield serve_mail(Fleet.attach(os.environ["HAFW_LAB_ATTACH"]), tmp_path_factory.mktemp("mail"))
+        return
     with Lab() as lab:
         fleet = Fleet(lab, ipvs_guest=True, say=lambda m: print("lab:", m, flush=True))
         fleet.up()
-        Flows(fleet, lab.state_dir / "mail").serve()  # postfix on both real servers
-        wait_for(lambda: all(w == 1 for w in weights(fleet, lb_master(fleet)).values()), 60,
-                 "both real servers in service (SMTP_CHECK)", 1)
-        yield fleet
+        yield serve_mail(fleet, lab.state_dir / "mail")
 
 
 def lb_master(fleet):
@@ -110,9 +118,12 @@ def test_smtp_check_takes_a_stopped_server_out_and_back(fleet):
     assert weights(fleet, master) == {a: 1 for a in REAL.values()}
 
 
+OUTBOUND = 10  # mail-cent7b's TCP flows out to the internet host, through the LB pair as their gateway
+
+
 def run_sessions(fleet, work, name, duration, sessions=60, rate=0.5):
     flows = Flows(fleet, work / name, mail_server="postfix")
-    flows.start(duration=duration, inbound=sessions, outbound=0, udp=0, rate=rate)
+    flows.start(duration=duration, inbound=sessions, outbound=OUTBOUND, udp=0, rate=rate)
     return flows
 
 
@@ -134,7 +145,7 @@ def test_r10_lb_failover_loses_no_session(fleet, tmp_path):
     assert len(established(fleet, backup)) >= 60
     result = flows.collect(120)
     print(json.dumps(summary(result)))
-    assert result["summary"]["flows"] == 60 and result["summary"]["mails_accepted"] == 60
+    assert result["summary"]["flows"] == 60 + OUTBOUND and result["summary"]["mails_accepted"] == 60
     assert_nothing_lost(result)
     fleet.reboot(master)  # back by its Debian boot, as BACKUP (nopreempt)
     fleet.wait_vrrp(timeout=60)
@@ -170,23 +181,28 @@ def set_sync(fleet, threshold, refresh):
                           f"net.ipv4.vs.sync_refresh_period={refresh}"])
 
 
+RESTART_TO_CRASH_S = 20  # the formula's refresh period (10 s) and a session's NOOP period (4 s), with margin
+
+
 def test_r11_a_restarted_lb_lacks_sessions_with_the_seed_sync(fleet, tmp_path):
-    """Seed *1 reproduced: with the kernel's default sync rule (a connection is re-sent every 50
-    packets) a restarted LB that takes over 15 s after its boot resets the sessions it missed."""
-    set_sync(fleet, "3 50", 0)  # the seed's (kernel default) settings, on the sender and the receiver
+    """Seed *1 reproduced: with the kernel's default sync rule (a connection is sent again only
+    every 50 packets) a restarted LB that takes over 20 s after its boot resets the sessions it
+    missed (each sends ~0.5 packet/s: 100 s between two syncs)."""
+    set_sync(fleet, "3 50", 0)  # the seed's (kernel default) settings, on both nodes
     try:
-        missing, result = restart_and_fail_over(fleet, tmp_path, "r11-seed", after_s=15)
+        missing, result = restart_and_fail_over(fleet, tmp_path, "r11-seed", after_s=RESTART_TO_CRASH_S)
     finally:
-        set_sync(fleet, "0 1", 10)  # what the formula sets (the restarted node has it from its boot)
+        set_sync(fleet, "0 1", 10)  # what the formula sets
     assert missing > 30, missing
-    assert result["summary"]["lost_flows"] > 0  # sessions reset: the finding, measured
+    assert result["summary"]["lost_flows"] >= missing // 2  # sessions reset: the finding, measured
 
 
 def test_r11_the_formula_keeps_a_restarted_lb_from_losing_sessions(fleet, tmp_path):
-    """The same restart, with the formula's sync (every active connection re-sent every 10 s)
-    and its resync hold (FAULT for 12 s after keepalived starts): the master crashes 3 s after
-    the backup's boot, the restarted node waits out its hold, then takes over with every session."""
-    missing, result = restart_and_fail_over(fleet, tmp_path, "r11-formula", after_s=3)
+    """The same restart with the formula's sync (net.ipv4.vs.sync_threshold "0 1",
+    sync_refresh_period 10: every active connection is sent again every 10 s): the restarted
+    LB holds every session when the master crashes, and takes over without losing one."""
+    missing, result = restart_and_fail_over(fleet, tmp_path, "r11-formula", after_s=RESTART_TO_CRASH_S)
+    assert missing == 0
     assert result["summary"]["mails_accepted"] == 60
     assert_nothing_lost(result)
 

@@ -99,22 +99,87 @@ def test_sysctls_and_modules(nodes):
         "net.netfilter.nf_conntrack_tcp_loose": 0}
     assert nodes["fw-cent7m"]["kernel"]["sysctl"] == {
         "net.ipv4.ip_forward": 1, "net.netfilter.nf_conntrack_max": 65536}
-    assert nodes["lb-cent7g"]["kernel"]["sysctl"] == {"net.ipv4.ip_forward": 1}
+    # the load balancers re-send every active connection to the backup every
+    # 10 s (the formula's default lvs:sync_daemon:refresh_period)
+    for lb in ("lb-cent7g", "lb-cent7h"):
+        assert nodes[lb]["kernel"]["sysctl"] == {
+            "net.ipv4.ip_forward": 1, "net.ipv4.vs.sync_threshold": "0 1", "net.ipv4.vs.sync_refresh_period": 10}
     assert nodes["lb-cent7g"]["kernel"]["modules"] == ["ip_vs", "ip_vs_lc"]
+    # no IPVS sysctl on a firewall
+    for fw in ("fw-cent7i", "fw-cent7j", "fw-cent7m"):
+        assert not [k for k in nodes[fw]["kernel"]["sysctl"] if k.startswith("net.ipv4.vs.")]
 
 
 def test_selinux_needs(nodes):
-    assert nodes["fw-cent7i"]["selinux"] == {"module": True, "booleans": {}}
-    assert nodes["lb-cent7g"]["selinux"] == {"module": False, "booleans": {"domain_kernel_load_modules": True}}
+    assert nodes["fw-cent7i"]["selinux"] == {"module": True, "booleans": {}, "scripts": ["hook"]}
+    # pillar.example's LB pair is nopreempt: no hold check for keepalived to run (test_lvs_view)
+    assert nodes["lb-cent7g"]["selinux"] == {"module": False, "booleans": {"domain_kernel_load_modules": True},
+                                             "scripts": []}
+    assert nodes["fw-cent7m"]["selinux"]["scripts"] == []
 
 
 def test_lvs_view(nodes):
     lvs = nodes["lb-cent7h"]["lvs"]
-    assert lvs["sync_daemon"] == {"interface": "enp0s8", "instance": "instance52", "id": None}
+    # the seed's pair is nopreempt: the time-based re-sync, and no hold (it only delays a takeover there)
+    assert lvs["sync_daemon"] == {"interface": "enp0s8", "instance": "instance52", "id": None,
+                                  "refresh_period": 10, "resync_hold": False}
+    assert lvs["ipvs_hold"] is None
     assert lvs["groups"] == {"SMTP": [{"address": "192.168.1.60", "port": 25}]}
     reals = lvs["virtual_servers"][0]["real_servers"]
     assert [(r["address"], r["port"], r["check"]["type"]) for r in reals] == [
         ("192.168.2.61", 25, "SMTP_CHECK"), ("192.168.2.62", 25, "SMTP_CHECK")]
+
+
+def sync_daemon(pillar):
+    return pillar["clusters"]["lb-pair"]["lvs"]["sync_daemon"]
+
+
+def test_a_preempting_pair_gets_the_hold(pillar):
+    pillar["clusters"]["lb-pair"]["vrrp"]["preempt"] = True
+    lvs = hafw_model.node(pillar, "lb-cent7h")["lvs"]
+    assert lvs["sync_daemon"]["resync_hold"] is True
+    # keepalived's hold check: the period plus the sync thread's 2 s flush, and the pair's VIPs
+    assert lvs["ipvs_hold"] == {"hold_s": 12, "vips": ["192.168.1.50", "192.168.1.60", "192.168.2.50"]}
+    assert hafw_model.node(pillar, "lb-cent7g")["selinux"]["scripts"] == ["ipvs-hold"]
+
+
+def test_refresh_period_sets_the_sysctl_and_the_hold(pillar):
+    sync_daemon(pillar)["refresh_period"] = 30
+    sync_daemon(pillar)["resync_hold"] = True
+    node = hafw_model.node(pillar, "lb-cent7h")
+    assert node["kernel"]["sysctl"]["net.ipv4.vs.sync_refresh_period"] == 30
+    assert node["kernel"]["sysctl"]["net.ipv4.vs.sync_threshold"] == "0 1"
+    assert node["lvs"]["ipvs_hold"]["hold_s"] == 32
+
+
+def test_refresh_period_0_is_the_seed_behaviour(pillar):
+    """The kernel's packet-count rule: no sysctl, no hold, nothing in keepalived."""
+    sync_daemon(pillar)["refresh_period"] = 0
+    node = hafw_model.node(pillar, "lb-cent7g")
+    assert node["kernel"]["sysctl"] == {"net.ipv4.ip_forward": 1}
+    assert node["lvs"]["sync_daemon"]["resync_hold"] is False
+    assert node["lvs"]["ipvs_hold"] is None
+
+
+def test_resync_hold_can_be_turned_off(pillar):
+    sync_daemon(pillar)["resync_hold"] = False
+    node = hafw_model.node(pillar, "lb-cent7g")
+    assert node["lvs"]["ipvs_hold"] is None
+    assert node["selinux"]["scripts"] == []
+    assert node["kernel"]["sysctl"]["net.ipv4.vs.sync_refresh_period"] == 10  # the re-sync stays
+
+
+def test_kernel_sysctl_overrides_the_ipvs_sysctls(pillar):
+    pillar["clusters"]["lb-pair"]["kernel"] = {"sysctl": {"net.ipv4.vs.sync_threshold": "3 50"}}
+    sysctl = hafw_model.node(pillar, "lb-cent7g")["kernel"]["sysctl"]
+    assert sysctl["net.ipv4.vs.sync_threshold"] == "3 50"
+
+
+def test_no_sync_daemon_no_ipvs_sysctl(pillar):
+    del pillar["clusters"]["lb-pair"]["lvs"]["sync_daemon"]
+    node = hafw_model.node(pillar, "lb-cent7g")
+    assert node["kernel"]["sysctl"] == {"net.ipv4.ip_forward": 1}
+    assert node["lvs"]["ipvs_hold"] is None
 
 
 def test_override_applies_to_one_node_only(pillar):

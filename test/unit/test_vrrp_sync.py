@@ -136,6 +136,41 @@ def test_test_mode_says_what_it_would_do_and_runs_nothing(state_env, monkeypatch
     assert ret["changes"]["actions"] == ["backup"] and state_env == []
 
 
+def lb_env(state_env, monkeypatch, daemons, services=("TCP 192.168.1.60:25",)):
+    """A load balancer: no conntrackd (gate None), an lvs view, the sync daemons and services given."""
+    monkeypatch.setattr(st, "_process_start", lambda name: 0)
+    monkeypatch.setattr(st.time, "sleep", lambda s: None)
+    reloads = []
+    st.__salt__.update({
+        "conntrack.role": roles(role(hook=None, gate=None)),
+        "hafw.node": lambda: {"lvs": {"sync_daemon": {"interface": "enp0s8"}, "virtual_servers": [{}]}},
+        "ipvs.sync_status": lambda: {"daemons": [{"state": d} for d in daemons]},
+        "ipvs.services": lambda stats=True: [{"name": n} for n in services],
+        "service.reload": lambda name: reloads.append(name) or True})
+    return reloads
+
+
+def test_a_load_balancer_master_with_its_master_sync_daemon_is_consistent(state_env, monkeypatch):
+    reloads = lb_env(state_env, monkeypatch, ["master"])
+    ret = st.consistent("group500", settle=0)
+    assert ret["result"] is True and ret["changes"] == {} and reloads == []
+
+
+def test_a_load_balancer_master_running_the_backup_sync_daemon_is_reloaded(state_env, monkeypatch):
+    reloads = lb_env(state_env, monkeypatch, ["backup"])
+    ret = st.consistent("group500", settle=0)
+    assert ret["changes"]["actions"] == ["reload keepalived"] and reloads == ["keepalived"]
+    assert "sync daemons are backup: a master needs the master one" in ret["changes"]["why"][0]
+
+
+def test_a_load_balancer_without_its_virtual_services_would_be_reloaded(state_env, monkeypatch):
+    st.__opts__["test"] = True
+    reloads = lb_env(state_env, monkeypatch, ["master"], services=())
+    ret = st.consistent("group500", settle=0)
+    assert ret["result"] is None and reloads == []
+    assert ret["comment"] == "would reload keepalived (the kernel has none of its IPVS virtual services)"
+
+
 def test_a_restarted_conntrackd_on_the_backup_asks_for_a_resync_once(state_env, monkeypatch, tmp_path):
     (tmp_path / "hafw-role").write_text("backup 1000000\n")  # 1000 s after the epoch
     monkeypatch.setattr(st, "_process_start", lambda name: 5000.0)
