@@ -225,7 +225,8 @@ def consistent(name, settle=10, hook=None, state_file=None):
         ret["comment"] = "; ".join(role["problems"]) + ": keepalived must settle the VIPs, not this state"
         return ret
     if settled:
-        ret["comment"] = f"{role['group'].lower()}: conntrackd's side matches the role"
+        side = "conntrackd's side" if role.get("gate") is not None else "IPVS (sync daemon, virtual services)"
+        ret["comment"] = f"{role['group'].lower()}: {side} matches the role"
         return ret
     if not plan:
         ret["result"] = False
