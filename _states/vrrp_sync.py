@@ -91,17 +91,23 @@ def _last_transition(state_file):
         return None, 0.0
 
 
-def _ipvs_plan(group):
+def _lvs():
+    """The node's lvs view if it is a load balancer (an lvs view and no conntrackd), else None."""
+    if "hafw.node" not in __salt__:
+        return None
+    node = __salt__["hafw.node"]() or {}
+    return node.get("lvs") if node.get("lvs") and not node.get("conntrackd") else None
+
+
+def _ipvs_plan(group, lvs):
     """
-    A load balancer (the ipvs module and an lvs view): keepalived runs the IPVS
-    sync daemon of the node's role and has put its virtual services in the
-    kernel; if not, a reload makes it program both again.
+    A load balancer: keepalived runs the IPVS sync daemon of the node's role
+    and has put its virtual services in the kernel; if not, a reload makes
+    it program both again.
     """
-    if "ipvs.sync_status" not in __salt__ or "hafw.node" not in __salt__:
-        return []
-    lvs = (__salt__["hafw.node"]() or {}).get("lvs")
-    if not lvs:
-        return []
+    if "ipvs.sync_status" not in __salt__:
+        raise CommandExecutionError("the ipvs execution module is not loaded (ipvsadm missing, or _modules "
+                                    "not synced: saltutil.sync_all)")
     if lvs.get("sync_daemon"):
         want = "master" if group == "MASTER" else "backup"
         states = sorted(d["state"] for d in __salt__["ipvs.sync_status"]()["daemons"])
@@ -113,15 +119,15 @@ def _ipvs_plan(group):
     return []
 
 
-def _plan(role, state_file):
-    """The actions that bring conntrackd's side (a load balancer: IPVS) in line with the role, each (action, why)."""
+def _plan(role, state_file, lvs=None):
+    """The actions that bring conntrackd's side (lvs given: IPVS) in line with the role, each (action, why)."""
     plan = []
     group = role["group"]
     if not role["keepalived_running"]:
         plan.append(("start keepalived", "keepalived is not running"))
-    if role.get("gate") is None:  # no conntrackd and no hook here: a load balancer
+    if lvs:  # a load balancer: no conntrackd, no hook
         if role["keepalived_running"] and group in ("MASTER", "BACKUP"):
-            plan += _ipvs_plan(group)
+            plan += _ipvs_plan(group, lvs)
         return plan
     if role["conntrackd_running"] is False and role.get("gate") is not None:
         plan.append(("start conntrackd", "conntrackd is not running"))
@@ -151,13 +157,13 @@ def _plan(role, state_file):
 KEEPALIVED_STARTUP_S = 2.0
 
 
-def _judge(state_file, settle):
+def _judge(state_file, settle, lvs=None):
     """(role, plan, settled), watching for up to `settle` seconds while a transition
     is in flight or keepalived is younger than KEEPALIVED_STARTUP_S."""
     deadline = time.monotonic() + settle
     while True:
         role = _role()
-        plan = _plan(role, state_file)
+        plan = _plan(role, state_file, lvs)
         started = _process_start("keepalived") if role["keepalived_running"] else None
         young = started is not None and time.time() - started < KEEPALIVED_STARTUP_S
         settled = role["consistent"] and not plan
@@ -176,7 +182,6 @@ def _run_plan(plan, hook, state_file):
         elif action == "reload keepalived":
             if not __salt__["service.reload"]("keepalived"):
                 raise CommandExecutionError("cannot reload keepalived")
-            time.sleep(1)  # it programs IPVS and the sync daemon after re-reading its config
         elif action in ("primary", "backup"):
             res = __salt__["cmd.run_all"]([hook, action], python_shell=False, ignore_retcode=True)
             if res["retcode"] != 0:
@@ -216,7 +221,8 @@ def consistent(name, settle=10, hook=None, state_file=None):
     hook = hook or __opts__.get("conntrack.hook", HOOK)
     state_file = state_file or __opts__.get("conntrack.hook_state_file", HOOK_STATE)
     try:
-        role, plan, settled = _judge(state_file, float(settle))
+        lvs = _lvs()
+        role, plan, settled = _judge(state_file, float(settle), lvs)
     except CommandExecutionError as exc:
         ret["result"], ret["comment"] = False, str(exc)
         return ret
@@ -225,7 +231,7 @@ def consistent(name, settle=10, hook=None, state_file=None):
         ret["comment"] = "; ".join(role["problems"]) + ": keepalived must settle the VIPs, not this state"
         return ret
     if settled:
-        side = "conntrackd's side" if role.get("gate") is not None else "IPVS (sync daemon, virtual services)"
+        side = "IPVS (sync daemon, virtual services)" if lvs else "conntrackd's side"
         ret["comment"] = f"{role['group'].lower()}: {side} matches the role"
         return ret
     if not plan:
@@ -245,11 +251,16 @@ def consistent(name, settle=10, hook=None, state_file=None):
         return ret
     if ("start keepalived", "keepalived is not running") in plan:
         # the same grace as before: a keepalived that exits again right after its start is a failure
-        after, _, _ = _judge(state_file, KEEPALIVED_STARTUP_S + 1)
+        after, _, _ = _judge(state_file, KEEPALIVED_STARTUP_S + 1, lvs)
         if not after["keepalived_running"]:
             ret["result"] = False
             ret["comment"] = "started keepalived, and it exited again within its first seconds"
             return ret
+    elif lvs:
+        # keepalived programs IPVS after re-reading its config: judge again for a few seconds
+        after, left, _ = _judge(state_file, 5, lvs)
+        after = {**after, "problems": after["problems"] + [w for _, w in left]}
+        after["consistent"] = after["consistent"] and not left
     else:
         after = _role()
     ret["changes"]["problems_after"] = after["problems"]

@@ -47,7 +47,7 @@ def cmd_up(args):
     lab = Lab().create(hold=False)
     start = time.monotonic()
     try:
-        topology = load_topology(args.topology, ipvs=True if args.lb else None)
+        topology = load_topology(args.topology, ipvs=args.lb)
         fleet = Fleet(lab, topology, say, agentless=args.agentless, ipvs_guest=args.lb)
         say("run %s (state in %s)" % (lab.prefix, lab.state_dir))
         fleet.up()

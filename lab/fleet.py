@@ -14,7 +14,6 @@ See docs/lab.md.
 
 import ipaddress
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -44,24 +43,21 @@ def _cidrs(network, addresses):
 
 
 def kernel_has_ipvs():
-    """Whether this kernel has IPVS (built in, loaded, or loadable): the load balancers need it."""
-    if Path("/proc/net/ip_vs").exists():
-        return True
-    return subprocess.run(["modprobe", "-q", "ip_vs"], capture_output=True).returncode == 0 \
-        and Path("/proc/net/ip_vs").exists()
+    """Whether this kernel has IPVS loaded (read only: the lab loads no module in the root namespace)."""
+    return Path("/proc/net/ip_vs").exists()
 
 
-def load_topology(path=TOPOLOGY, pillar=None, ipvs=None):
+def load_topology(path=TOPOLOGY, pillar=None, ipvs=False):
     """The topology with every address resolved (pillar addresses filled in), as plain data.
 
-    ipvs: whether the kernel has IPVS (default: asked); selects the hosts marked `needs`.
+    ipvs: the hosts marked `needs: ipvs` (the live load balancers) instead of
+    those marked `needs: no-ipvs` (their stand-in).
     """
     pillar = pillar or example_pillar()
     clusters = pillar["hafw"]["clusters"]
     nodes = {n: c["nodes"][n] for c in clusters.values() for n in c["nodes"]}
     raw = yaml.safe_load(Path(path).read_text())
     networks, hosts = raw["networks"], {}
-    ipvs = kernel_has_ipvs() if ipvs is None else ipvs
     for name, spec in raw["hosts"].items():
         needs = spec.get("needs")
         if needs not in (None, "ipvs", "no-ipvs"):
@@ -131,12 +127,15 @@ class Fleet:
     def __init__(self, lab, topology=None, say=None, pillar=None, agentless=False, ipvs_guest=False):
         """pillar: the hafw pillar to serve (a dict); default pillar.example, unchanged.
         agentless: salt-ssh instead of a salt-master and minions.
-        ipvs_guest: run the hosts that need IPVS (the load balancers) in a qemu guest
-        (lab/guest/) when this kernel has none; without it they are left out (the stand-in)."""
+        ipvs_guest: the live load balancers (the hosts that need IPVS) instead of their
+        stand-in, in a qemu guest (lab/guest/) unless this kernel has IPVS loaded."""
         self.lab = lab
         self.agentless = agentless
         self.pillar = pillar
-        self.topology = topology or load_topology(pillar=pillar, ipvs=True if ipvs_guest else None)
+        if agentless and ipvs_guest:
+            raise LabError("the IPVS guest's minions need the salt-master: no agentless run with the load balancers")
+        self.topology = topology or load_topology(pillar=pillar, ipvs=ipvs_guest)
+        # with IPVS loaded here the load balancers run natively (their ip_vs modules are then loaded)
         native = kernel_has_ipvs()
         self.guest_hosts = [n for n, h in self.topology["hosts"].items() if h["needs"] == "ipvs" and not native]
         self.guest, self.remote = None, {}
@@ -301,7 +300,8 @@ class Fleet:
 
         The topology (addresses, VIPs) must stay what it was: only settings may change.
         """
-        if load_topology(pillar=pillar) != self.topology:
+        lbs = any(h["needs"] == "ipvs" for h in self.topology["hosts"].values())
+        if load_topology(pillar=pillar, ipvs=lbs) != self.topology:
             raise LabError("the new pillar changes the lab's topology (addresses or VIPs)")
         saltmaster.set_pillar(self.master, pillar)
         self.pillar = pillar

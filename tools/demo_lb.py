@@ -29,35 +29,18 @@ import time
 from lab import Lab
 from lab.fleet import Fleet
 from lab.flows import Flows
+from lab.lb import LB, LB_VIPS, established, weights
+from lab.lb import master as lb_master
 from lab.report import write_report
 from lab.wait import wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REPORT = REPO / "lab-report"
-LB = ("lb-cent7g", "lb-cent7h")
-LB_VIPS = 3
 SESSIONS = 60
-VIRTUAL = "192.168.1.60:25"
 
 
 def say(msg):
     print(f"demo-lb: {msg}", flush=True)
-
-
-def lb_master(fleet):
-    fleet.wait_vrrp(timeout=60)
-    return next(n for n in LB if len(fleet.vips(n)) == LB_VIPS)
-
-
-def in_service(fleet, node):
-    out = fleet[node].exec(["ipvsadm", "-Ln", "-t", VIRTUAL], check=False).stdout
-    return [line.split()[1] for line in out.splitlines() if line.strip().startswith("->")
-            and line.split()[1] != "RemoteAddress:Port" and line.split()[3] != "0"]
-
-
-def synced(fleet, node):
-    out = fleet[node].exec(["ipvsadm", "-Lnc"], check=False).stdout
-    return sum(1 for line in out.splitlines() if " ESTABLISHED " in line and VIRTUAL in line)
 
 
 def lost_between(result, start_rel, end_rel):
@@ -84,14 +67,14 @@ def main():
         flows = Flows(fleet, pathlib.Path(work) / "flows", mail_server="postfix")
         flows.serve()
         master = lb_master(fleet)
-        wait_for(lambda: len(in_service(fleet, master)) == 2, 60, "SMTP_CHECK on both real servers", 1)
+        wait_for(lambda: sorted(weights(fleet, master).values()) == [1, 1], 60, "SMTP_CHECK on both real servers", 1)
         backup = next(n for n in LB if n != master)
         setup_s = time.monotonic() - started
         say(f"  ready in {setup_s:.0f} s: {master} is the LB master, both postfix servers in service")
 
         say(f"2/5 opening {SESSIONS} SMTP sessions through both pairs")
         flows.start(duration=62, inbound=SESSIONS, outbound=10, udp=0, rate=0.25)
-        wait_for(lambda: synced(fleet, backup) >= SESSIONS, 30, "the sessions on the backup (IPVS sync)", 1)
+        wait_for(lambda: len(established(fleet, backup)) >= SESSIONS, 30, "the sessions on the backup (IPVS sync)", 1)
 
         say(f"3/5 load-balancer failover: crashing {master}")
         t_failover = time.time()
@@ -106,7 +89,7 @@ def main():
         t_restart = time.time()
         fleet.reboot(backup)
         time.sleep(20)
-        say(f"  {backup} holds {synced(fleet, backup)} of {SESSIONS} sessions when {master} crashes")
+        say(f"  {backup} holds {len(established(fleet, backup))} of {SESSIONS} sessions when {master} crashes")
         crash_and_wait(fleet, flows, master, backup, "restart")
         fleet.reboot(master)
 

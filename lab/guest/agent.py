@@ -146,6 +146,7 @@ class Agent:
 def main():
     spec_path = Path(os.environ["HAFW_GUEST_SPEC"])
     spec = json.loads(spec_path.read_text())
+    spec_path.unlink()  # the minions' private keys: now in their hosts' /etc/salt only
     start = time.monotonic()
     agent = Agent(spec)
     agent.build()

@@ -16,6 +16,7 @@ as requests over the 9p share (lab/guest/rpc.py).
 """
 
 import json
+import os
 import subprocess
 import time
 
@@ -118,7 +119,10 @@ class GuestPart:
         self.dir.mkdir(parents=True, exist_ok=True)
         spec = {"prefix": self.lab.prefix, "hosts": self.hosts, "nics": nics,
                 "master_address": self.master_address, "keys": {n: self.keys[n] for n in self.hosts}}
-        (self.dir / "spec.json").write_text(json.dumps(spec))
+        # it holds the minions' private keys: the owner's only, and the agent removes it once read
+        fd = os.open(self.dir / "spec.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(spec, fh)
         (self.dir / "ready.json").unlink(missing_ok=True)
         self.guest = Guest(AGENT, out_dir=self.dir, nics=[(n["tap"], n["mac"]) for n in nics],
                            netns=self.lab.switch_ns, env={"HAFW_GUEST_SPEC": "/run/hafw-out/spec.json"})

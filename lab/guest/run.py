@@ -1,7 +1,7 @@
 """
 Run one command inside a qemu guest that has IPVS (this machine's kernel does not).
 
-    result = run([".venv/bin/python", "-m", "lab.guest.lbpath"], timeout=600)
+    result = run([".venv/bin/python", "-m", "pytest", "test/guest"], timeout=600)
     result.rc, result.output, result.out_dir   # out_dir: the guest's writable share
 
 The guest boots Debian's kernel (lab/guest/build.py) under TCG (this host's

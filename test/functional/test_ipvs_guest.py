@@ -21,7 +21,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST_TEST = "test/guest/test_ipvs_in_guest.py"
-GUEST_BUDGET = 300  # seconds: boot, Salt's import under emulation, the tests
+# seconds: boot, Salt's import under emulation, the tests (80-130 s here); the guest's own limit is 600 s,
+# this one only catches a run that has become several times slower
+GUEST_BUDGET = 540
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,11 @@ from lab import mailserver, smtp_session
 from lab.fleet import Fleet
 from lab.flows import MAIL_HOSTS, SMTP, Flows
 from lab.lab import Lab
+from lab.lb import LB, LB_VIPS, VIRTUAL, established, other, weights
+from lab.lb import master as lb_master
 from lab.wait import wait_for
 from test.support.failover import assert_nothing_lost, preferred_primary
 
-LB = ("lb-cent7g", "lb-cent7h")
-LB_VIPS = 3
-VIRTUAL = "192.168.1.60:25"
 REAL = {"mail-cent7a": "192.168.2.61:25", "mail-cent7b": "192.168.2.62:25"}
 TAKEOVER_S = 30  # pillar.example: VRRP v2, advert_int 1 s for the LBs, 3 s for the firewalls
 pytestmark = pytest.mark.ipvs_guest  # make test-lb
@@ -47,33 +46,9 @@ def fleet(tmp_path_factory):
         yield serve_mail(fleet, lab.state_dir / "mail")
 
 
-def lb_master(fleet):
-    """The load balancer holding the pair's VIPs (nopreempt: either), after the pair has settled."""
-    fleet.wait_vrrp(timeout=60)
-    return next(n for n in LB if len(fleet.vips(n)) == LB_VIPS)
-
-
-def other(name):
-    return next(n for n in LB if n != name)
-
-
 def ipvs(fleet, node, fun, *args):
     """An ipvs module function on node, through the master (salt NODE ipvs.FUN)."""
     return fleet.salt(node, f"ipvs.{fun}", *args, timeout=120)[node]
-
-
-def weights(fleet, node):
-    """{real server addr:port: weight} of the SMTP virtual service on node (ipvsadm -Ln)."""
-    out = fleet[node].exec(["ipvsadm", "-Ln", "-t", VIRTUAL], check=False).stdout
-    return {f[1]: int(f[3]) for f in (line.split() for line in out.splitlines()) if f and f[0] == "->"
-            and f[1] in REAL.values()}
-
-
-def established(fleet, node):
-    """Client addr:port of the ESTABLISHED connections to the SMTP VIP in node's IPVS table."""
-    out = fleet[node].exec(["ipvsadm", "-Lnc"], check=False).stdout
-    return {f[3] for f in (line.split() for line in out.splitlines())
-            if len(f) >= 6 and f[2] == "ESTABLISHED" and f[4] == VIRTUAL}
 
 
 def send(fleet, subject):

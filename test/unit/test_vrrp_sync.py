@@ -136,15 +136,17 @@ def test_test_mode_says_what_it_would_do_and_runs_nothing(state_env, monkeypatch
     assert ret["changes"]["actions"] == ["backup"] and state_env == []
 
 
-def lb_env(state_env, monkeypatch, daemons, services=("TCP 192.168.1.60:25",)):
-    """A load balancer: no conntrackd (gate None), an lvs view, the sync daemons and services given."""
+def lb_env(state_env, monkeypatch, daemons, services=("TCP 192.168.1.60:25",), after_reload=None):
+    """A load balancer: an lvs view and no conntrackd, the sync daemons and services given
+    (after_reload: the daemons once keepalived has been reloaded)."""
     monkeypatch.setattr(st, "_process_start", lambda name: 0)
     monkeypatch.setattr(st.time, "sleep", lambda s: None)
     reloads = []
     st.__salt__.update({
         "conntrack.role": roles(role(hook=None, gate=None)),
         "hafw.node": lambda: {"lvs": {"sync_daemon": {"interface": "enp0s8"}, "virtual_servers": [{}]}},
-        "ipvs.sync_status": lambda: {"daemons": [{"state": d} for d in daemons]},
+        "ipvs.sync_status": lambda: {"daemons": [{"state": d} for d in (
+            after_reload if reloads and after_reload is not None else daemons)]},
         "ipvs.services": lambda stats=True: [{"name": n} for n in services],
         "service.reload": lambda name: reloads.append(name) or True})
     return reloads
@@ -157,10 +159,27 @@ def test_a_load_balancer_master_with_its_master_sync_daemon_is_consistent(state_
 
 
 def test_a_load_balancer_master_running_the_backup_sync_daemon_is_reloaded(state_env, monkeypatch):
+    reloads = lb_env(state_env, monkeypatch, ["backup"], after_reload=["master"])
+    ret = st.consistent("group500", settle=0)
+    assert ret["result"] is True and reloads == ["keepalived"]
+    assert ret["changes"]["actions"] == ["reload keepalived"]
+    assert "sync daemons are backup: a master needs the master one" in ret["changes"]["why"][0]
+
+
+def test_a_reload_that_does_not_fix_the_sync_daemon_fails(state_env, monkeypatch):
     reloads = lb_env(state_env, monkeypatch, ["backup"])
     ret = st.consistent("group500", settle=0)
-    assert ret["changes"]["actions"] == ["reload keepalived"] and reloads == ["keepalived"]
-    assert "sync daemons are backup: a master needs the master one" in ret["changes"]["why"][0]
+    assert ret["result"] is False and reloads == ["keepalived"]
+    assert "still: its IPVS sync daemons are backup" in ret["comment"]
+
+
+def test_a_firewall_pair_without_a_gate_still_reruns_a_missed_transition(state_env, monkeypatch):
+    """No takeover gate (conntrackd:takeover_gate false) is not a load balancer."""
+    monkeypatch.setattr(st, "_process_start", lambda name: 0)
+    st.__salt__["hafw.node"] = lambda: {"conntrackd": {"interface": "enp0s9"}, "lvs": None}
+    st.__salt__["conntrack.role"] = roles(role(hook="backup", gate=None, consistent=False), role(gate=None))
+    ret = st.consistent("G1", settle=0)
+    assert ret["changes"]["actions"] == ["primary"] and state_env == [[st.HOOK, "primary"]]
 
 
 def test_a_load_balancer_without_its_virtual_services_would_be_reloaded(state_env, monkeypatch):
