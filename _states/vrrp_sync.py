@@ -95,7 +95,10 @@ def _lvs():
     """The node's lvs view if it is a load balancer (an lvs view and no conntrackd), else None."""
     if "hafw.node" not in __salt__:
         return None
-    node = __salt__["hafw.node"]() or {}
+    try:
+        node = __salt__["hafw.node"]() or {}
+    except (CommandExecutionError, SaltInvocationError):  # no usable pillar: judged as a firewall, as before
+        return None
     return node.get("lvs") if node.get("lvs") and not node.get("conntrackd") else None
 
 
