@@ -32,6 +32,7 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 try:
     import hafw_ctd_stats
     import hafw_ctnetlink
+    import hafw_peer
     import hafw_role
     import hafw_syncdiff
 
@@ -760,17 +761,7 @@ def sync_keys(side="table", indexes=None, buckets=4096,
 
 
 def _peer_call(peer, fun, kwargs, timeout):
-    """Run fun on the peer through the master's peer publishing; its return, or an error that says why not."""
-    arg = [f"{k}={v}" for k, v in kwargs.items()]
-    ret = __salt__["publish.publish"](peer, fun, arg=arg, timeout=timeout)
-    if not isinstance(ret, dict) or peer not in ret:
-        raise CommandExecutionError(
-            f"no answer from {peer} to {fun} within {timeout}s: the peer is down, or the salt-master does not "
-            f"allow {__opts__.get('id')} to publish {fun} (master config 'peer:', docs/operating.md)")
-    answer = ret[peer]
-    if isinstance(answer, str) and ("ERROR" in answer or "Traceback" in answer or "not available" in answer):
-        raise CommandExecutionError(f"{peer} answered {fun} with an error: {answer.strip().splitlines()[-1]}")
-    return answer
+    return hafw_peer.call(__salt__["publish.publish"], __opts__.get("id"), peer, fun, kwargs, timeout)
 
 
 def _my_side(config):

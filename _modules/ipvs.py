@@ -34,6 +34,7 @@ import salt.utils.path
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
+    import hafw_peer
     import hafw_syncdiff
 
     HAS_SYNCDIFF = True
@@ -575,17 +576,7 @@ def sync_keys(indexes=None, buckets=1024, limit=100000):
 
 
 def _publish(peer, fun, kwargs, timeout):
-    """fun on the peer (the master's peer publishing); the peer's dict, or an error that says why not."""
-    answers = __salt__["publish.publish"](peer, fun, arg=[f"{k}={v}" for k, v in kwargs.items()], timeout=timeout)
-    answer = answers.get(peer) if isinstance(answers, dict) else None
-    if answer is None:
-        raise CommandExecutionError(
-            f"{peer} gave no answer to {fun} within {timeout} s: it is down, or the salt-master's 'peer:' setting "
-            f"does not let {__opts__.get('id')} call {fun} there (docs/ipvs-module.md)")
-    if not isinstance(answer, dict):
-        lines = str(answer).strip().splitlines() or ["an empty answer"]
-        raise CommandExecutionError(f"{peer} failed {fun}: {lines[-1]}")
-    return answer
+    return hafw_peer.call(__salt__["publish.publish"], __opts__.get("id"), peer, fun, kwargs, timeout)
 
 
 def _node_keys(node, indexes, me, peer, buckets, timeout):

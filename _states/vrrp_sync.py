@@ -37,11 +37,18 @@ import time
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+try:
+    import hafw_peer
+except ImportError:  # _utils not synced yet: __virtual__ refuses the state module
+    hafw_peer = None
+
 HOOK = "/etc/conntrackd/primary-backup.sh"
 HOOK_STATE = "/run/conntrackd/hafw-role"
 
 
 def __virtual__():
+    if hafw_peer is None:
+        return (False, "vrrp_sync: _utils/hafw_peer.py is not available; run saltutil.sync_all")
     if "vrrp_sync.maintenance" not in __salt__:
         return (False, "vrrp_sync: the vrrp_sync execution module is not available here (saltutil.sync_all)")
     return "vrrp_sync"
@@ -289,14 +296,7 @@ def _peer(peer):
 
 def _publish(peer, fun, wait, **kwargs):
     """fun on the peer (its keyword arguments: kwargs), waiting at most `wait` seconds for the answer."""
-    ret = __salt__["publish.publish"](peer, fun, arg=[f"{k}={v}" for k, v in kwargs.items()], timeout=wait)
-    if not isinstance(ret, dict) or peer not in ret:
-        raise CommandExecutionError(f"no answer from {peer} to {fun} within {wait}s (peer down, or the "
-                                    "salt-master's 'peer:' config does not allow it: docs/operating.md)")
-    answer = ret[peer]
-    if isinstance(answer, str):
-        raise CommandExecutionError(f"{peer} answered {fun}: {answer.strip().splitlines()[-1] if answer else answer}")
-    return answer
+    return hafw_peer.call(__salt__["publish.publish"], __opts__.get("id"), peer, fun, kwargs, wait)
 
 
 def _facts(name, peer):

@@ -182,14 +182,7 @@ class SmtpFlow(tc.TcpFlow):
 
 async def run_sessions(args):
     loop = asyncio.get_running_loop()
-    run = tc.Run(loop, args.flows, args.rate, args.duration, args.timeout, args.stall)
-    stopped = asyncio.Event()
-
-    def stop_now():
-        run.stop_at = min(run.stop_at, loop.time())
-        stopped.set()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop_now)
+    run, stopped = traffic.new_run(loop, args.flows, args)
     sessions = [SmtpFlow(run, i, args.helo) for i in range(args.flows)]
     gate = asyncio.Semaphore(args.connect_batch)
 

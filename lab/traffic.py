@@ -72,10 +72,9 @@ def read_events(path, t0_epoch):
     return sorted(events, key=lambda e: e["t"]), bad
 
 
-async def run_flows(args):
-    loop = asyncio.get_running_loop()
-    run = tc.Run(loop, args.flows + args.udp_flows, args.rate, args.duration,
-                 args.timeout, args.stall)
+def new_run(loop, flows, args):
+    """A tc.Run of `flows` flows that SIGTERM or SIGINT end early (with their totals); (run, stopped event)."""
+    run = tc.Run(loop, flows, args.rate, args.duration, args.timeout, args.stall)
     stopped = asyncio.Event()
 
     def stop_now():
@@ -83,6 +82,12 @@ async def run_flows(args):
         stopped.set()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_now)
+    return run, stopped
+
+
+async def run_flows(args):
+    loop = asyncio.get_running_loop()
+    run, stopped = new_run(loop, args.flows + args.udp_flows, args)
 
     tcp = [tc.TcpFlow(run, i) for i in range(args.flows)]
     udp = [tc.UdpFlow(run, args.flows + i) for i in range(args.udp_flows)]

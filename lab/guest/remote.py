@@ -158,15 +158,3 @@ class GuestPart:
         if not (part.dir / "ready.json").exists():
             raise LabError("run %s has no IPVS guest up" % lab.prefix)
         return part
-
-    def stop(self, timeout=60):
-        """Tear the guest's hosts down and power it off (killed if it does not go)."""
-        try:
-            self.client.call("shutdown", timeout=timeout)
-        except LabError:
-            pass
-        if self.guest:
-            deadline = time.monotonic() + 10
-            while self.guest.running() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            self.guest.kill()

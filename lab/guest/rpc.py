@@ -64,10 +64,11 @@ class Server:
         _write(req.with_suffix(".resp"), answer)
 
     def serve(self, period=0.05):
-        seen = set()
+        seen = set()  # requests handed to a thread whose file may not be gone yet
         while not self.stop.is_set():
-            for req in sorted(self.root.glob("*.req")):
-                if req.name not in seen:
-                    seen.add(req.name)
-                    threading.Thread(target=self._answer, args=(req,), daemon=True).start()
+            pending = {req.name: req for req in self.root.glob("*.req")}
+            seen &= set(pending)
+            for name in sorted(set(pending) - seen):
+                seen.add(name)
+                threading.Thread(target=self._answer, args=(pending[name],), daemon=True).start()
             time.sleep(period)

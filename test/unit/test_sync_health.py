@@ -159,7 +159,7 @@ def test_too_many_differences_are_extrapolated(pair_of):
 def test_no_answer_from_the_peer_says_why(pair_of):
     pair_of(TABLE_KEYS, TABLE_KEYS)
     conntrack.__salt__["publish.publish"] = lambda *a, **k: {}
-    with pytest.raises(CommandExecutionError, match="salt-master does not allow fw-cent7i to publish"):
+    with pytest.raises(CommandExecutionError, match="salt-master's 'peer:' config does not allow fw-cent7i to publish"):
         conntrack.sync_health(timeout=1)
 
 
