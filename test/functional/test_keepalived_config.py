@@ -291,6 +291,7 @@ def test_fw_files_carry_the_seed_settings(rendered):
             assert lines == [
                 f"interface {iface}", f"state {state}", f"virtual_router_id {vrid}",
                 f"priority {priority}", "advert_int 3", "version 2", "garp_master_delay 1",
+                "garp_master_refresh 10",
                 "virtual_ipaddress {", *vips, "}", "track_script {", "hafw_resync", "}",
                 "track_file {", "hafw_demote", "hafw_demote_persistent", "hafw_step_down", "}",
             ]

@@ -50,14 +50,14 @@ def keepalived_global_defs(s, node, lvs_sync=None):
 
 
 def keepalived_explicit_instance_settings(s):
-    """Each instance says its VRRP version and GARP delay; each VIP its device."""
+    """Each instance says its VRRP version, GARP delay and GARP refresh; each VIP its device."""
     out = set()
     for item in s:
         m = re.match(r"^(vrrp_instance \S+)/virtual_ipaddress/(\S+ brd \S+)$", item)
         out.add(item if not m else f"{item} dev {{{m.group(1)}}}")
     instances = {i.split("/")[0] for i in s if i.startswith("vrrp_instance ")}
     for inst in instances:
-        out |= {f"{inst}/version 2", f"{inst}/garp_master_delay 1"}
+        out |= {f"{inst}/version 2", f"{inst}/garp_master_delay 1", f"{inst}/garp_master_refresh 10"}
         iface = next(i.split(" ", 1)[1] for i in s if i.startswith(f"{inst}/interface "))
         out = {i.replace(f"dev {{{inst}}}", f"dev {iface.split('/')[-1].split()[-1]}") for i in out}
     return out

@@ -5,6 +5,12 @@ Its pillar is pillar.example with the formula's default VRRP timing (no
 advert_int or version for the pair), so that takeovers are quick. Every
 scenario runs 250 flows and asserts none was lost or reset.
 
+- R12: the master stalls for 1.5 s while deaf to VRRP (what a reload on a
+  loaded machine did in CI): the backup takes over and gives the role back
+  at once, and the master, which never saw it, never re-announced. Its
+  periodic gratuitous ARP (`vrrp:garp_master_refresh`) takes the
+  neighbours back within the refresh period; with it off (the negative
+  control) they stay on the backup, whose gate drops new connections.
 - R5: the backup's conntrackd restarts (empty external cache; StartupResync
   asks the primary for its states), then the primary crashes.
 - R4: the sync cable is out for 10 s while old flows run and new ones start,
@@ -42,14 +48,17 @@ from lab.saltmaster import VENV_BIN
 from lab.wait import wait_for
 from test.support.failover import (
     HOOK_LOG,
+    NEIGHBOURS,
     PAIR_VIPS,
     REPO,
     Scenario,
     assert_nothing_lost,
     crash_and_take_over,
+    neighbour_entries,
     preferred_primary,
     revive,
     role,
+    running,
     settle,
 )
 
@@ -108,6 +117,69 @@ def fleet():
         fleet = Fleet(lab, pillar=BASE)
         fleet.up()
         yield fleet
+
+
+# R12: where the neighbours reach the pair's VIPs
+NEIGHBOUR_PINGS = {"internet": "192.168.0.40", "fw-cent7m": "192.168.0.60", "lb-standin": "192.168.1.40"}
+GARP_REFRESH_S = 10  # the formula's default vrrp:garp_master_refresh
+
+
+def takeovers(fleet, name):
+    """How many primary transitions the node's hook has logged."""
+    return fleet[name].exec(["grep", "-c", "primary: begin", HOOK_LOG], check=False).stdout.strip() or "0"
+
+
+def stall_deaf(fleet, primary, backup, seconds=1.5):
+    """Stop the primary's keepalived for `seconds` while it drops every VRRP packet it
+    receives (raw table), then let it run: the backup takes over (its GARPs move the
+    neighbours) and steps down at the primary's next advert, which never saw it.
+    Returns the monotonic time the primary resumed (after the backup took over and stepped down)."""
+    for neighbour, vip in NEIGHBOUR_PINGS.items():  # fresh entries to move: GARPs only update existing ones
+        fleet[neighbour].exec(["sh", "-c", f"ip neigh flush to {vip}; ping -c 1 -W 2 {vip} >/dev/null"])
+    assert {e[2] for e in neighbour_entries(fleet)} == {primary}, neighbour_entries(fleet)
+    before = takeovers(fleet, backup)
+    deaf = ["PREROUTING", "-p", "vrrp", "-m", "comment", "--comment", "r12-deaf", "-j", "DROP"]
+    host = fleet[primary]
+    host.exec(["iptables", "-w", "5", "-t", "raw", "-I", *deaf])
+    try:
+        host.exec(["sh", "-c", f"pkill -STOP -x keepalived; sleep {seconds}; pkill -CONT -x keepalived"])
+        resumed = time.monotonic()
+        wait_for(lambda: role(fleet, backup) == "backup" and takeovers(fleet, backup) != before, 10,
+                 f"{backup} to take over and step down again")
+    finally:
+        host.exec(["pkill", "-CONT", "-x", "keepalived"], check=False)
+        host.exec(["iptables", "-w", "5", "-t", "raw", "-D", *deaf], check=False)
+    return resumed
+
+
+def neighbours_on(fleet, name):
+    return all(owner == name for _, _, owner, _ in neighbour_entries(fleet)) and \
+        {e[0] for e in neighbour_entries(fleet)} == set(NEIGHBOURS)
+
+
+def test_r12_a_stalled_deaf_master_takes_the_neighbours_back(fleet, tmp_path):
+    primary, backup = preferred_primary(fleet)
+    resumed = stall_deaf(fleet, primary, backup)
+    wait_for(lambda: neighbours_on(fleet, primary), GARP_REFRESH_S + 3,
+             f"the neighbours to point at {primary} again", 0.2, lambda: str(neighbour_entries(fleet)))
+    print(f"R12: neighbours back on {primary} at most {time.monotonic() - resumed:.1f} s after it resumed")
+    # and new connections through every VIP are served
+    scenario = Scenario(fleet, tmp_path, "r12-stalled-master").start(duration=5, inbound=20, outbound=10, udp=5)
+    (result,) = scenario.collect()
+    assert_nothing_lost(result)
+
+
+def test_r12_negative_control_without_the_refresh_the_neighbours_stay_stranded(fleet):
+    apply_pillar(fleet, pair_pillar(vrrp={"garp_master_refresh": 0}))
+    # (not waiting for the neighbours: without the refresh a blip of the converge would strand them)
+    primary, backup = settle(fleet, primary="fw-cent7i", neighbours=False)
+    stall_deaf(fleet, primary, backup)
+    time.sleep(GARP_REFRESH_S + 3)
+    assert {(n, owner) for n, _, owner, _ in neighbour_entries(fleet)} == {(n, backup) for n in NEIGHBOURS}, \
+        f"expected every neighbour stranded on {backup}: {neighbour_entries(fleet)}"
+    apply_pillar(fleet, BASE)  # the refresh is back: the next tests start from a reachable primary
+    wait_for(lambda: neighbours_on(fleet, primary), GARP_REFRESH_S + 3,
+             f"the neighbours to point at {primary} again", 0.5, lambda: str(neighbour_entries(fleet)))
 
 
 def test_r5_backup_conntrackd_restart_then_failover(fleet, tmp_path):
@@ -212,7 +284,12 @@ def test_r6_nopreempt_no_failback_then_forced_failback(fleet, tmp_path):
     time.sleep(5)
     assert fleet.vips(primary) == [] and len(fleet.vips(backup)) == PAIR_VIPS, "nopreempt failed back"
     scenario.mark(f"restart keepalived on {backup}: forced failback")
-    fleet[backup].exec(["/etc/init.d/keepalived", "restart"])
+    # stop, then start: Debian's init script `restart` starts 1 s after sending TERM and
+    # fails ("already running") when keepalived's shutdown takes longer (the notify_stop
+    # hook), leaving it stopped; the converge of the next test started it again
+    fleet[backup].exec(["/etc/init.d/keepalived", "stop"])
+    wait_for(lambda: not running(fleet, backup, "keepalived"), 15, f"keepalived to stop on {backup}")
+    fleet[backup].exec(["/etc/init.d/keepalived", "start"])
     scenario.takeover(primary, TAKEOVER_S)
     (result,) = scenario.collect()
     assert_nothing_lost(result)

@@ -40,6 +40,49 @@ def holder(fleet):
     return None
 
 
+NEIGHBOURS = ("internet", "fw-cent7m", "lb-standin")  # hosts that reach the pair through its VIPs
+NEIGHBOURS_SETTLE_S = 15  # the default garp_master_refresh (10 s) and room for a busy machine
+
+
+def neighbour_entries(fleet, neighbours=NEIGHBOURS):
+    """[(neighbour, vip, owner, state)]: whose MAC each neighbour of the pair has for the
+    VIPs (owner: the pair node with that MAC, else the MAC itself)."""
+    owners = {}
+    for name in PAIR:
+        for link in fleet[name].links:
+            if link.get("mac"):
+                owners[link["mac"].lower()] = name
+    vips = set(fleet.topology["pair_vips"][PAIR[0]])
+    entries = []
+    for neighbour in neighbours:
+        if neighbour not in fleet.topology["hosts"] or not fleet[neighbour].running:
+            continue
+        for entry in json.loads(fleet[neighbour].exec(["ip", "-j", "-4", "neigh", "show"], check=False).stdout or "[]"):
+            if entry.get("dst") in vips:
+                mac = entry.get("lladdr", "").lower()
+                entries.append((neighbour, entry["dst"], owners.get(mac, mac or "?"), "/".join(entry.get("state", []))))
+    return entries
+
+
+def vip_neighbours(fleet):
+    """"internet: 192.168.0.40 -> fw-cent7i REACHABLE, ...": a stale entry sends the
+    traffic to the backup, whose gate drops new connections: a failure's message must show it."""
+    return ", ".join(f"{n}: {vip} -> {owner} {state}" for n, vip, owner, state in neighbour_entries(fleet)) \
+        or "no neighbour entry for the VIPs"
+
+
+def hook_log_tail(host, lines=200):
+    """The last lines of the transition hook's log; from a crashed host's disk (the
+    overlay's upper dir: its /var survives the power cut) when it is down."""
+    if host.running:
+        return host.exec(["tail", "-n", str(lines), HOOK_LOG], check=False).stdout
+    on_disk = getattr(host, "dir", None)
+    path = on_disk / "var.upper" / HOOK_LOG.removeprefix("/var/") if on_disk else None
+    if path is None or not path.exists():
+        return "(down, log not readable)\n"
+    return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:])
+
+
 def revive(fleet):
     """Reboot the pair's crashed nodes (a converge would wait for them in vain)."""
     for name in PAIR:
@@ -47,7 +90,7 @@ def revive(fleet):
             fleet.reboot(name)
 
 
-def settle(fleet, primary=None, timeout=120):
+def settle(fleet, primary=None, timeout=120, neighbours=True):
     """The steady pair: both nodes up with both daemons, one VRRP master (the
     node `primary` if given: it takes the VIPs back by preempt), the hooks
     done (role recorded, gate open on the primary only). Crashed nodes are
@@ -70,6 +113,12 @@ def settle(fleet, primary=None, timeout=120):
                 and gate_closed(fleet[backup]) and not gate_closed(fleet[holding]))
     wait_for(settled, timeout, "a settled pair" + (f" with {primary} primary" if primary else ""), 0.5,
              lambda: ", ".join("%s: %s, %d VIPs" % (n, role(fleet, n), len(fleet.vips(n))) for n in PAIR))
+    # and (neighbours=True) the network knows it: every neighbour entry for the VIPs has the primary's MAC
+    # (a backup that took over for a moment may have moved them; the master's periodic
+    # gratuitous ARP, vrrp:garp_master_refresh, 10 s by default, takes them back)
+    wait_for(lambda: not neighbours or all(owner == pair["primary"] for _, _, owner, _ in neighbour_entries(fleet)),
+             NEIGHBOURS_SETTLE_S, f"the neighbours' ARP entries to point at {pair['primary']}", 0.5,
+             lambda: vip_neighbours(fleet))
     return pair["primary"], pair["backup"]
 
 
@@ -88,7 +137,7 @@ class Scenario:
 
     def start(self, duration, **counts):
         self.flows.start(duration=duration, **counts)
-        self.mark("flows running")
+        self.mark("flows running; " + vip_neighbours(self.fleet))
         return self
 
     def more_flows(self, work, duration, **counts):
@@ -121,13 +170,15 @@ class Scenario:
         (REPORT / f"{self.name}.json").write_text(json.dumps(summaries, indent=1))
         # the scenario's events and both hooks' logs, to read a gap against
         logs = ["".join(f"{e['t_rel']:8.3f} s  {e['label']}\n" for e in results[0]["events"])]
-        for name in PAIR:
-            if self.fleet[name].running:
-                logs.append(f"--- {name}: {HOOK_LOG}\n" + self.fleet[name].exec(["tail", "-n", "200", HOOK_LOG],
-                                                                                 check=False).stdout)
-        (REPORT / f"{self.name}.log").write_text("".join(logs))
+        logs.append(f"at the end: {vip_neighbours(self.fleet)}\n")
+        tails = {name: hook_log_tail(self.fleet[name]) for name in PAIR}
+        full = logs + [f"--- {name}: {HOOK_LOG}\n{tail}" for name, tail in tails.items()]
+        (REPORT / f"{self.name}.log").write_text("".join(full))
+        # for a failed assertion (CI keeps no lab-report): each node's latest lines
+        short = logs + [f"--- {name}: {HOOK_LOG}\n" + "".join(tail.splitlines(keepends=True)[-45:])
+                        for name, tail in tails.items()]
         for result in results:
-            result["timeline"] = "".join(logs)  # for a failed assertion: CI keeps no lab-report
+            result["timeline"] = "".join(short)
         return results
 
 
@@ -138,8 +189,6 @@ def assert_nothing_lost(*results):
         lost = [f for f in result["flows"] if f["lost_flow"] or f["reset"]]
         if summary["lost_flows"] or summary["resets"]:
             timeline = result.get("timeline", "")
-            if len(timeline) > 12000:  # the scenario's marks come first; keep the hooks' latest lines
-                timeline = timeline[:3000] + "\n[...]\n" + timeline[-9000:]
             first = json.dumps([{k: v for k, v in f.items() if k != "timeline"} for f in lost[:3]])
             raise AssertionError(f"{summary}\nfirst lost flows: {first}\n{timeline}")
 

@@ -65,6 +65,13 @@ def test_vips_carry_broadcast_and_device(nodes):
     assert vi1["vips"][0] == {"address": "192.168.0.40", "prefixlen": 24, "brd": "192.168.0.255", "dev": "enp0s3"}
 
 
+def test_garp_refresh_every_10_s_unless_turned_off(nodes, pillar):
+    assert {i["garp_master_refresh"] for n in ("fw-cent7i", "lb-cent7h")
+            for i in nodes[n]["vrrp"]["instances"]} == {10}
+    pillar["clusters"]["fw-pair"]["vrrp"]["garp_master_refresh"] = 0
+    assert [i["garp_master_refresh"] for i in hafw_model.node(pillar, "fw-cent7i")["vrrp"]["instances"]] == [0, 0]
+
+
 def test_notify_hook_only_where_conntrackd_runs(nodes):
     assert nodes["fw-cent7i"]["vrrp"]["notify_hook"] is True
     assert nodes["lb-cent7g"]["vrrp"]["notify_hook"] is False

@@ -132,6 +132,8 @@ CASES = [
      "hafw:clusters:fw-pair:vrrp:track_scripts:chk:weight", "ignored by keepalived in a sync group"),
     ("fractional garp delay", lambda p: at(p, *FW, "vrrp").update(garp_master_delay=1.5),
      "hafw:clusters:fw-pair:vrrp:garp_master_delay", "must be an integer"),
+    ("negative garp refresh", lambda p: at(p, *FW, "vrrp").update(garp_master_refresh=-1),
+     "hafw:clusters:fw-pair:vrrp:garp_master_refresh", "-1 is outside 0-3600"),
     ("external cache off in alarm mode",
      lambda p: at(p, *FW, "conntrackd").update(mode="alarm", disable_external_cache=True),
      "hafw:clusters:fw-pair:conntrackd:disable_external_cache", "not available in mode alarm"),
