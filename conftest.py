@@ -36,3 +36,13 @@ def event_listener():
     listener.address = f"tcp://{LOOPBACK}:{listener.port}"
     with listener:
         yield listener
+
+
+def pytest_unconfigure(config):
+    """Salt's deferred log handler holds the records logged before Salt configures
+    logging (the loader tests never do) and writes them to the stderr it saw at import
+    at exit: pytest's capture file by then, closed, hence "I/O operation on closed
+    file". Hand them to the handlers pytest still has and retire it now."""
+    impl = sys.modules.get("salt._logging.impl")
+    if impl is not None:
+        impl.shutdown_temp_handler()

@@ -113,12 +113,14 @@ def settle(fleet, primary=None, timeout=120, neighbours=True):
                 and gate_closed(fleet[backup]) and not gate_closed(fleet[holding]))
     wait_for(settled, timeout, "a settled pair" + (f" with {primary} primary" if primary else ""), 0.5,
              lambda: ", ".join("%s: %s, %d VIPs" % (n, role(fleet, n), len(fleet.vips(n))) for n in PAIR))
-    # and (neighbours=True) the network knows it: every neighbour entry for the VIPs has the primary's MAC
-    # (a backup that took over for a moment may have moved them; the master's periodic
-    # gratuitous ARP, vrrp:garp_master_refresh, 10 s by default, takes them back)
-    wait_for(lambda: not neighbours or all(owner == pair["primary"] for _, _, owner, _ in neighbour_entries(fleet)),
-             NEIGHBOURS_SETTLE_S, f"the neighbours' ARP entries to point at {pair['primary']}", 0.5,
-             lambda: vip_neighbours(fleet))
+    # and (neighbours=True) the network knows it: every neighbour entry for the VIPs has the
+    # primary's MAC. A backup that took over for a moment may have moved them; the master's
+    # periodic gratuitous ARP (vrrp:garp_master_refresh, 10 s by default) takes them back. An
+    # entry without an address ("?") resolves by broadcast at its next use: the holder answers.
+    def neighbours_follow():
+        return not neighbours or all(owner in (pair["primary"], "?") for _, _, owner, _ in neighbour_entries(fleet))
+    wait_for(neighbours_follow, NEIGHBOURS_SETTLE_S, f"the neighbours' ARP entries to point at {pair['primary']}",
+             0.5, lambda: vip_neighbours(fleet))
     return pair["primary"], pair["backup"]
 
 
