@@ -119,14 +119,12 @@ def fleet():
         yield fleet
 
 
-# R12: where the neighbours reach the pair's VIPs
-NEIGHBOUR_PINGS = {"internet": "192.168.0.40", "fw-cent7m": "192.168.0.60", "lb-standin": "192.168.1.40"}
-GARP_REFRESH_S = 10  # the formula's default vrrp:garp_master_refresh
+GARP_REFRESH_S = 10  # the formula's default vrrp:garp_master_refresh (R12)
 
 
 def takeovers(fleet, name):
     """How many primary transitions the node's hook has logged."""
-    return fleet[name].exec(["grep", "-c", "primary: begin", HOOK_LOG], check=False).stdout.strip() or "0"
+    return int(fleet[name].exec(["grep", "-c", "primary: begin", HOOK_LOG], check=False).stdout.strip() or 0)
 
 
 def stall_deaf(fleet, primary, backup, seconds=1.5):
@@ -134,7 +132,7 @@ def stall_deaf(fleet, primary, backup, seconds=1.5):
     receives (raw table), then let it run: the backup takes over (its GARPs move the
     neighbours) and steps down at the primary's next advert, which never saw it.
     Returns the monotonic time the primary resumed (after the backup took over and stepped down)."""
-    for neighbour, vip in NEIGHBOUR_PINGS.items():  # fresh entries to move: GARPs only update existing ones
+    for neighbour, vip in NEIGHBOURS.items():  # fresh entries to move: GARPs only update existing ones
         fleet[neighbour].exec(["sh", "-c", f"ip neigh flush to {vip}; ping -c 1 -W 2 {vip} >/dev/null"])
     assert {e[2] for e in neighbour_entries(fleet)} == {primary}, neighbour_entries(fleet)
     before = takeovers(fleet, backup)
@@ -153,12 +151,17 @@ def stall_deaf(fleet, primary, backup, seconds=1.5):
 
 
 def neighbours_on(fleet, name):
-    return all(owner == name for _, _, owner, _ in neighbour_entries(fleet)) and \
-        {e[0] for e in neighbour_entries(fleet)} == set(NEIGHBOURS)
+    """Every neighbour has an entry for its VIP, all with name's MAC."""
+    entries = neighbour_entries(fleet)
+    return {e[0] for e in entries} == set(NEIGHBOURS) and all(owner == name for _, _, owner, _ in entries)
 
 
 def test_r12_a_stalled_deaf_master_takes_the_neighbours_back(fleet, tmp_path):
     primary, backup = preferred_primary(fleet)
+    # the period the formula rendered (the default), not a number of the test's own
+    conf = fleet[primary].exec(["cat", "/etc/keepalived/keepalived.conf"]).stdout
+    refresh = {int(n) for n in re.findall(r"^\s*garp_master_refresh (\d+)$", conf, re.M)}
+    assert refresh == {GARP_REFRESH_S}, f"garp_master_refresh in {primary}'s keepalived.conf: {refresh}"
     resumed = stall_deaf(fleet, primary, backup)
     wait_for(lambda: neighbours_on(fleet, primary), GARP_REFRESH_S + 3,
              f"the neighbours to point at {primary} again", 0.2, lambda: str(neighbour_entries(fleet)))

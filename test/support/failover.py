@@ -40,7 +40,8 @@ def holder(fleet):
     return None
 
 
-NEIGHBOURS = ("internet", "fw-cent7m", "lb-standin")  # hosts that reach the pair through its VIPs
+# hosts that reach the pair through its VIPs, and the VIP each uses
+NEIGHBOURS = {"internet": "192.168.0.40", "fw-cent7m": "192.168.0.60", "lb-standin": "192.168.1.40"}
 NEIGHBOURS_SETTLE_S = 15  # the default garp_master_refresh (10 s) and room for a busy machine
 
 
